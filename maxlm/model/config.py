@@ -1,0 +1,81 @@
+"""ModelConfig: the shape and numerics of a Llama-family decoder.
+
+Dimension alphabet used across maxlm (stated once, used in every name):
+  B batch, T query length, S key length, N query heads, K kv heads,
+  H head dim, D model dim, F MLP dim, V vocab, L layers.
+
+`config.model` in a stage config is splatted into this dataclass
+(`ModelConfig(**config.model)`); layers receive only this object's fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+REMAT_POLICIES = ("none", "full", "save_dots")
+ATTENTION_IMPLS = ("xla", "pallas", "splash", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int  # V, already padded to a multiple the mesh and hardware want
+  d_model: int  # D
+  n_layers: int  # L
+  n_heads: int  # N
+  n_kv_heads: int  # K, divides N (GQA; K == N is MHA, K == 1 is MQA)
+  head_dim: int  # H, independent of D (Gemma-style shapes allowed)
+  d_ff: int  # F, SwiGLU hidden size
+  rope_theta: float = 10000.0
+  rope_scaling: Mapping[str, Any] | None = None  # HF-style dict; None = default RoPE
+  norm_eps: float = 1e-5
+  tie_embeddings: bool = False
+  compute_dtype: str = "float32"  # activations / matmul inputs; params stay float32
+  param_dtype: str = "float32"
+  remat: str = "none"  # one of REMAT_POLICIES
+  attention_impl: str = "xla"  # one of ATTENTION_IMPLS
+  scan_layers: bool = True  # lax.scan over layers: one compiled block, fast compile
+  init_std: float = 0.02
+
+  def __post_init__(self):
+    # Frozen dataclass: convert a mutable dict once so the config is hashable
+    # (it is a static argument of jitted functions).
+    if self.rope_scaling is not None and not isinstance(self.rope_scaling, tuple):
+      object.__setattr__(self, "rope_scaling", tuple(sorted(dict(self.rope_scaling).items())))
+
+  @property
+  def rope_scaling_dict(self) -> dict | None:
+    return None if self.rope_scaling is None else dict(self.rope_scaling)
+
+  @classmethod
+  def from_any(cls, cfg) -> "ModelConfig":
+    """Accepts a ModelConfig, a dict or an ml_collections ConfigDict."""
+    if isinstance(cfg, ModelConfig):
+      return cfg
+    if hasattr(cfg, "to_dict"):
+      cfg = cfg.to_dict()
+    return cls(**dict(cfg))
+
+  def validate(self) -> None:
+    """Raises ValueError naming the offending `model.<field>`."""
+    if self.n_heads % self.n_kv_heads:
+      raise ValueError(
+          f"model.n_heads={self.n_heads} is not divisible by model.n_kv_heads={self.n_kv_heads}:"
+          " grouped-query attention needs K to divide N")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat={self.remat!r} is not one of {REMAT_POLICIES}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"model.attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"model.{name}={getattr(self, name)} must be positive")
+
+  def param_counts(self) -> dict:
+    """Parameter counts: total, embedding, and non-embedding (Kaplan's N)."""
+    D, F, V, L = self.d_model, self.d_ff, self.vocab_size, self.n_layers
+    attn = D * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
+    mlp = 3 * D * F
+    per_layer = attn + mlp + 2 * D
+    embed = V * D * (1 if self.tie_embeddings else 2)
+    non_embed = L * per_layer + D
+    return dict(total=non_embed + embed, embedding=embed, non_embedding=non_embed)
