@@ -8,3 +8,44 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 _flag = "--xla_force_host_platform_device_count=8"
 if _flag not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+
+import pytest  # noqa: E402
+
+
+def tiny_test_config(**overrides):
+  """configs/pretrain.py:tiny made smaller still for tests; dotted-key overrides."""
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  from configs import pretrain
+  c = pretrain.get_config("tiny")
+  c.data.seq_len = 64
+  c.data.tokenizer.train_chars = 300_000
+  c.data.eval_batches = 1
+  c.train.global_batch = 8
+  c.train.steps = 12
+  c.train.log_every = 1
+  c.train.eval_every = 0
+  c.optim.schedule.warmup_steps = 2
+  c.ckpt.every = 4
+  c.ckpt.async_save = False
+  c.ckpt.export_params = False
+  c.monitor.tensorboard = False
+  c.monitor.plot = False
+  c.monitor.progress = "lines"
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  c.lock()
+  return c
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path(tmp_path_factory):
+  """One SentencePiece model for the whole session (training it takes seconds)."""
+  from maxlm import data
+  return data.build_tokenizer(tiny_test_config().data, str(tmp_path_factory.mktemp("tok")))

@@ -52,11 +52,11 @@ DOC_D = [2, 40, 3]  # 2 pairs
 DOC_E = [2] + list(range(50, 60)) + [3]  # 11 pairs: longer than a row of 8
 
 
-def _pack(docs, packing_kind, num_bins=2):
+def _pack(docs, packing_kind, num_bins=2, policy="split"):
   exs = [packing.to_example(np.array(d), domain_id=i % 2, doc_id=i) for i, d in enumerate(docs)]
   ds = grain.MapDataset.source(exs).to_iter_dataset()
   rows = packing.pack(ds, packing=packing_kind, seq_len=8, num_bins=num_bins, seed=0,
-                      shuffle_bins=False)
+                      shuffle_bins=False, long_doc_policy=policy)
   out = [packing.finalize(r, keep_doc_ids=True) for r in rows]
   return {k: np.stack([r[k] for r in out]) for k in out[0]}
 
@@ -119,7 +119,7 @@ def test_concat_split_golden():
 
 
 def test_truncate_policy_drops_the_tail():
-  got = _pack([DOC_E], "first_fit", num_bins=1)
+  got = _pack([DOC_E], "first_fit", num_bins=1, policy="truncate")
   assert got["inputs"].shape == (1, 8)
   np.testing.assert_array_equal(got["targets"][0], range(50, 58))
 
@@ -168,6 +168,7 @@ def test_checkpoint_restore_gives_identical_batches(tok, tmp_path):
   for _ in range(3):
     next(it)
   handler = grain.checkpoint.CheckpointHandler()
+  (tmp_path / "ckpt").mkdir()  # orbax creates it in a real run
   handler.save(tmp_path / "ckpt", args=grain.checkpoint.CheckpointSave(it))
   expected = [next(it) for _ in range(4)]
 
@@ -191,14 +192,14 @@ def test_deterministic_given_seed(tok):
 def test_hosts_read_disjoint_shards_covering_everything(tok):
   c = tiny_config()
   for plan in pipeline.plan_sources(c):
-    shards = [{d for _, d in pipeline.host_documents(plan, p, 2)} for p in range(2)]
+    shards = [{d for _, d in pipeline.host_docs(plan, p, 2)} for p in range(2)]
     assert not shards[0] & shards[1]
     assert shards[0] | shards[1] == {d for _, d in plan.train}
   # And the batches each host actually produces only hold its own documents.
   own = [set() for _ in range(2)]
   for plan in pipeline.plan_sources(c):
     for p in range(2):
-      own[p] |= {d for _, d in pipeline.host_documents(plan, p, 2)}
+      own[p] |= {d for _, d in pipeline.host_docs(plan, p, 2)}
   for p in range(2):
     it = _iter(tok[1], c, process_index=p, process_count=2, keep_doc_ids=True)
     seen = set()

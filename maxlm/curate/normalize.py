@@ -21,7 +21,8 @@ _BLANK_LINES_RE = re.compile(r"\n{3,}")
 
 def normalize_text(text: str, *, fix_mojibake: bool = True, nfc: bool = True,
                    strip_control: bool = True, collapse_whitespace: bool = True) -> str:
-  if fix_mojibake:
+  # Mojibake needs non-ASCII characters; skipping ftfy on ASCII text saves most of its cost.
+  if fix_mojibake and not text.isascii():
     # Only the encoding repairs: ftfy's other fixes (quotes, ligatures) change real text.
     text = ftfy.fix_text(text, normalization=None, uncurl_quotes=False, fix_latin_ligatures=False,
                          fix_character_width=False)

@@ -84,12 +84,13 @@ def top_ngram_char_fraction(ws: list[str], n: int) -> float:
   """Characters of the most frequent word n-gram times its count, over all word characters."""
   if len(ws) < n:
     return 0.0
-  counts = collections.Counter(tuple(ws[i:i + n]) for i in range(len(ws) - n + 1))
-  # Ties go to the longest n-gram: that is the one the rule is most sensitive to.
-  top, count = max(counts.items(), key=lambda kv: (kv[1], sum(len(w) for w in kv[0])))
+  counts = collections.Counter(zip(*(ws[k:] for k in range(n))))
+  count = max(counts.values())
   if count < 2:
     return 0.0
-  return sum(len(w) for w in top) * count / max(sum(len(w) for w in ws), 1)
+  # Ties go to the longest n-gram: that is the one the rule is most sensitive to.
+  top_chars = max(sum(map(len, g)) for g, c in counts.items() if c == count)
+  return top_chars * count / max(sum(map(len, ws)), 1)
 
 
 def duplicate_ngram_char_fraction(ws: list[str], n: int) -> float:

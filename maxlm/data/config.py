@@ -12,11 +12,21 @@ import ml_collections
 
 PACKINGS = ("first_fit", "concat_split")
 LONG_DOC_POLICIES = ("split", "truncate")
-SOURCE_KINDS = ("shakespeare", "python_stdlib", "text_files", "jsonl", "parquet", "array_record")
+SOURCE_KINDS = ("shakespeare", "python_stdlib", "python_docs", "text_files", "jsonl", "parquet",
+                "array_record")
 
 
-def default_data_config() -> ml_collections.ConfigDict:
-  """Tiny two-domain data config: Shakespeare prose + Python stdlib code."""
+def default_data_config(variant: str = "two_domains") -> ml_collections.ConfigDict:
+  """Tiny data config from text the install steps bring to any machine.
+
+  'two_domains': Shakespeare prose + Python stdlib code.
+  'three_domains': also the Python reference manual (pydoc_data.topics) as
+  English technical 'docs'; weights 0.4 / 0.4 / 0.2. Anneal with
+  data.schedule, e.g. (dict(start=800, transition='linear',
+  weights=dict(shakespeare=0.8, stdlib=0.1, pydocs=0.1)),).
+  """
+  if variant not in ("two_domains", "three_domains"):
+    raise ValueError(f"default_data_config({variant!r}): expected 'two_domains' or 'three_domains'")
   c = ml_collections.ConfigDict()
 
   # Sources keyed by name (so `--config.data.sources.code.weight=0.3` works
@@ -26,12 +36,19 @@ def default_data_config() -> ml_collections.ConfigDict:
   # (jsonl/parquet column holding the text), max_docs (0 = all; caps the
   # source for tests and tiny runs), max_doc_chars (0 = off; raw documents
   # longer than this are cut at paragraph breaks, so a 200 KB play does not
-  # become one giant document).
+  # become one giant document), max_epochs (0 = no cap; the source leaves the
+  # mix after this many passes), order_by ('' = shuffle; 'length',
+  # 'similarity' or a numeric metadata field = curriculum order, see
+  # ordering.py), order_desc (descending curriculum).
   c.sources = ml_collections.ConfigDict()
   c.sources.shakespeare = source(kind="shakespeare", domain="prose", weight=0.5,
                                  max_doc_chars=20_000)
   c.sources.stdlib = source(kind="python_stdlib", domain="code", weight=0.5,
                             max_doc_chars=20_000)
+  if variant == "three_domains":
+    c.sources.shakespeare.weight = c.sources.stdlib.weight = 0.4
+    c.sources.pydocs = source(kind="python_docs", domain="docs", weight=0.2,
+                              max_doc_chars=8_000)
 
   c.tokenizer = ml_collections.ConfigDict()
   # Path of an existing SentencePiece .model; '' = train one into the workdir.
@@ -77,16 +94,41 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.read_threads = 2
   # Rows prefetched by a background thread after batching (0 = none).
   c.prefetch_batches = 2
+  # Worker processes per source that read, tokenize and pack (Grain
+  # mp_prefetch); 0 = threads only. Use >0 when the input would stall the
+  # step. Changes the row order (still deterministic); keep it fixed across
+  # a resume. Needs absl flags parsed (the driver's app.run does it).
+  c.worker_count = 0
+
+  # Mixture schedule: stages after step 0 (step 0 uses the source weights).
+  # Each: dict(start=<int>, unit='step'|'tokens', weights={source: w},
+  # transition='switch'|'linear'); 'linear' ramps from the previous stage's
+  # start to this start. Pure function of the step, so resume is exact.
+  # E.g. anneal over the last 10% of 1000 steps:
+  #   (dict(start=900, weights=dict(shakespeare=0.9, stdlib=0.1)),)
+  c.schedule = ()
+  # Reuse down-weighting: a source's weight is multiplied by this per epoch
+  # it has completed (1.0 = off; 0.5 halves its share after each pass).
+  c.reuse_decay = 1.0
+  # Directory written by `python -m maxlm.data.prepare` (token shards of the
+  # same sources); '' = tokenize raw text on the fly. The shards' tokenizer
+  # hash must match the run's tokenizer, or the run stops before training.
+  c.prepared_dir = ""
+  # Bad inputs (invalid UTF-8, empty docs, malformed JSONL, missing fields,
+  # unreadable files) tolerated before the run stops; -1 = unlimited.
+  c.error_budget = 100
   return c
 
 
 def source(*, kind: str, domain: str, weight: float = 1.0, paths=(),
-           text_field: str = "text", max_docs: int = 0,
-           max_doc_chars: int = 0) -> ml_collections.ConfigDict:
+           text_field: str = "text", max_docs: int = 0, max_doc_chars: int = 0,
+           max_epochs: int = 0, order_by: str = "",
+           order_desc: bool = False) -> ml_collections.ConfigDict:
   """One source entry, with every field present so overrides are checked."""
   return ml_collections.ConfigDict(dict(
       kind=kind, domain=domain, weight=float(weight), paths=tuple(paths),
-      text_field=text_field, max_docs=max_docs, max_doc_chars=max_doc_chars))
+      text_field=text_field, max_docs=max_docs, max_doc_chars=max_doc_chars,
+      max_epochs=max_epochs, order_by=order_by, order_desc=order_desc))
 
 
 def iter_sources(data_config) -> list[dict]:
@@ -97,16 +139,11 @@ def iter_sources(data_config) -> list[dict]:
   """
   srcs = data_config.sources
   if hasattr(srcs, "items"):
-    out = [dict(name=k, **_plain(v)) for k, v in srcs.items()]
+    out = [dict(_plain(v), name=k) for k, v in srcs.items()]
   else:
     out = [_plain(v) for v in srcs]
-  for s in out:
-    s.setdefault("paths", ())
-    s.setdefault("text_field", "text")
-    s.setdefault("max_docs", 0)
-    s.setdefault("max_doc_chars", 0)
-    s.setdefault("weight", 1.0)
-  return out
+  defaults = source(kind="", domain="").to_dict()
+  return [dict(defaults, **s) for s in out]
 
 
 def domain_names(data_config) -> list[str]:
@@ -130,6 +167,11 @@ def validate(data_config) -> None:
       raise ValueError(f"data.sources.{s['name']}.domain is empty")
     if not s["weight"] >= 0:
       raise ValueError(f"data.sources.{s['name']}.weight={s['weight']} must be >= 0")
+    if not (isinstance(s["max_epochs"], int) and s["max_epochs"] >= 0):
+      raise ValueError(f"data.sources.{s['name']}.max_epochs={s['max_epochs']!r}: "
+                       "expected an int >= 0 (0 = no cap)")
+    if s["kind"] in ("text_files", "jsonl", "parquet", "array_record") and not s["paths"]:
+      raise ValueError(f"data.sources.{s['name']}.paths is empty for kind {s['kind']!r}")
   if sum(s["weight"] for s in srcs) <= 0:
     raise ValueError("data.sources: weights sum to 0")
   if data_config.packing not in PACKINGS:
@@ -140,6 +182,14 @@ def validate(data_config) -> None:
   if not 0.0 <= data_config.heldout_fraction < 1.0:
     raise ValueError(f"data.heldout_fraction={data_config.heldout_fraction} "
                      "must be in [0, 1)")
+  if not 0.0 < data_config.get("reuse_decay", 1.0) <= 1.0:
+    raise ValueError(f"data.reuse_decay={data_config.reuse_decay} must be in (0, 1]")
+  if data_config.get("worker_count", 0) < 0:
+    raise ValueError(f"data.worker_count={data_config.worker_count} must be >= 0")
+  # Schedule stages name real sources and increase (units checked there too).
+  from maxlm.data import mixing  # pylint: disable=g-import-not-at-top  (cycle)
+  mixing.make_stages([s["weight"] for s in srcs], names, data_config.get("schedule", ()),
+                     tokens_per_step=1)
 
 
 def _plain(v) -> dict:

@@ -19,9 +19,10 @@ import grain
 import numpy as np
 
 # Features carried per token through packing. 'doc_ids' (a global document
-# index) lets tests and reuse accounting see which document each token is from;
-# it is dropped from the batches the driver sees unless asked for.
-FEATURES = ("inputs", "targets", "domain_ids", "doc_ids")
+# index) and 'doc_offsets' (token index within the document) let reuse
+# accounting and tests see which document, and which piece of it, each token
+# is from; they are dropped from the driver's batches unless asked for.
+FEATURES = ("inputs", "targets", "domain_ids", "doc_ids", "doc_offsets")
 BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask", "domain_ids")
 
 
@@ -31,7 +32,8 @@ def to_example(tokens: np.ndarray, domain_id: int, doc_id: int) -> dict[str, np.
   n = len(tokens) - 1
   return dict(inputs=tokens[:-1], targets=tokens[1:],
               domain_ids=np.full(n, domain_id, np.int32),
-              doc_ids=np.full(n, doc_id, np.int32))
+              doc_ids=np.full(n, doc_id, np.int32),
+              doc_offsets=np.arange(n, dtype=np.int32))
 
 
 @dataclasses.dataclass(frozen=True)

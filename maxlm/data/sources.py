@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import glob
 import hashlib
 import json
@@ -24,7 +25,9 @@ from typing import Any, Iterator
 
 # Directory names skipped under the standard library: tests are 60% of its
 # bytes and mostly fixtures; site-packages is not the standard library.
-_STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
+# pydoc_data is English documentation in a .py file: it is the 'python_docs'
+# source, not code.
+_STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "__pycache__", "pydoc_data"}
 # A scene (or act) heading in the Gutenberg Shakespeare texts, e.g.
 # "Scene II. A room in the Castle." or "SCENE I. Rome."
 _SCENE_RE = re.compile(r"^(?:ACT|Act|SCENE|Scene)\s+[IVXLC]+\.", re.MULTILINE)
@@ -93,6 +96,18 @@ def load_documents(src: dict, errors: ErrorLog | None = None) -> list[Document]:
   return docs
 
 
+def cached_documents(src: dict, budget: int = -1) -> tuple[list[Document], ErrorLog]:
+  """load_documents memoised per source config (the tokenizer, the training
+  and the eval pipelines read the same files in one process), with its log."""
+  return _cached(json.dumps(src, sort_keys=True, default=list), budget)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached(src_json: str, budget: int):
+  errors = ErrorLog(budget)
+  return load_documents(json.loads(src_json), errors), errors
+
+
 def split_heldout(docs: list[Document], fraction: float) -> tuple[list[Document], list[Document]]:
   """(train, heldout) by a hash of each key; >= 1 held out when fraction > 0."""
   if fraction <= 0 or len(docs) < 2:
@@ -115,10 +130,10 @@ def _cut(text: str, max_chars: int) -> list[str]:
     return [text]
   pieces, start = [], 0
   while len(text) - start > max_chars:
-    end = text.rfind("\n\n", start, start + max_chars)
-    if end <= start:
-      end = text.rfind("\n", start, start + max_chars)
-    end = start + max_chars if end <= start else end + 1
+    # Prefer a paragraph break, then a line break, else cut mid-line.
+    end = text.rfind("\n\n", start, start + max_chars - 1)
+    end = end + 2 if end > start else text.rfind("\n", start, start + max_chars) + 1
+    end = end if end > start else start + max_chars
     pieces.append(text[start:end])
     start = end
   pieces.append(text[start:])
@@ -189,6 +204,15 @@ def _python_stdlib(src: dict, errors: ErrorLog) -> Iterator[Document]:
     if text is not None:
       rel = os.path.relpath(p, root)
       yield Document(f"{src['name']}:{rel}", text, {"path": rel})
+
+
+def _python_docs(src: dict, errors: ErrorLog) -> Iterator[Document]:
+  """The Python language reference topics shipped with the interpreter
+  (pydoc_data.topics): English technical prose, one document per topic."""
+  del errors
+  from pydoc_data import topics  # pylint: disable=g-import-not-at-top
+  for name in sorted(topics.topics):
+    yield Document(f"{src['name']}:{name}", topics.topics[name], {"path": f"pydoc_data/{name}"})
 
 
 def _text_files(src: dict, errors: ErrorLog) -> Iterator[Document]:
@@ -275,6 +299,7 @@ def _array_record(src: dict, errors: ErrorLog) -> Iterator[Document]:
 _KINDS = {
     "shakespeare": _shakespeare,
     "python_stdlib": _python_stdlib,
+    "python_docs": _python_docs,
     "text_files": _text_files,
     "jsonl": _jsonl,
     "parquet": _parquet,

@@ -5,11 +5,14 @@ normalization, no dummy prefix, whitespace kept as is (runs of spaces may be
 pieces, so Python indentation costs one token), newline as its own piece,
 digits split one by one, and byte fallback so no text is ever <unk>.
 
-Vocabulary layout (ids): <pad>=0 <unk>=1 <s>=2 </s>=3, then the reserved
-control slots <reserved_0..R-1>, then the user special tokens, then "\n",
-then the 256 byte pieces and the learned merges. The total is rounded up to
+Vocabulary layout (ids): <pad>=0 <unk>=1 <s>=2 </s>=3, then the user special
+tokens (4, 5, ... in config order, so their ids never depend on the vocab
+size), then the reserved slots <reserved_0..R-1>, then "\n", then the 256
+byte pieces and the learned merges. The total is rounded up to
 `pad_to_multiple` by adding reserved slots, so later special tokens can take a
-reserved id without moving any other id.
+reserved id without moving any other id. Specials and reserved slots are
+SentencePiece user-defined symbols: a literal "<|im_start|>" in text encodes
+to its id (as chat data needs) and is never split.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from maxlm.data import config as config_lib
 from maxlm.data import sources as sources_lib
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+FIRST_SPECIAL_ID = 4
 # SentencePiece skips longer "sentences" silently; training text is chunked
 # below this many characters (at line breaks) so nothing is dropped.
 _SENTENCE_CHARS = 4096
@@ -52,7 +56,7 @@ def train_tokenizer(texts, out_path: str, tok_config) -> str:
       split_by_whitespace=True,
       character_coverage=float(tok_config.get("character_coverage", 0.9999)),
       pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-      control_symbols=reserved, user_defined_symbols=specials + ["\n"],
+      user_defined_symbols=specials + reserved + ["\n"],
       max_sentence_length=4 * _SENTENCE_CHARS + 16,  # bytes; UTF-8 <= 4 per char
       input_sentence_size=0, shuffle_input_sentence=False,
       num_threads=1, minloglevel=2)
@@ -76,14 +80,20 @@ def build_tokenizer(data_config, workdir: str) -> str:
   out = os.path.join(workdir, "tokenizer", "tokenizer.model")
   if os.path.isfile(out):
     return out
+  return train_from_config(data_config, out)
+
+
+def train_from_config(data_config, out_path: str) -> str:
+  """Trains on training_sample(data_config); writes the model and, next to
+  it, a .json with its sha256, the sample size and the tokenizer config."""
   config_lib.validate(data_config)
   sample = training_sample(data_config)
-  train_tokenizer(sample, out, data_config.tokenizer)
-  with open(os.path.join(os.path.dirname(out), "tokenizer.json"), "w") as f:
-    json.dump(dict(sha256=tokenizer_hash(out),
-                   sample_chars=sum(len(t) for t in sample),
-                   config=data_config.tokenizer.to_dict()), f, indent=2, default=list)
-  return out
+  train_tokenizer(sample, out_path, data_config.tokenizer)
+  meta = dict(sha256=tokenizer_hash(out_path), sample_chars=sum(len(t) for t in sample),
+              vocab_size=load(out_path).vocab_size(), config=data_config.tokenizer.to_dict())
+  with open(os.path.splitext(out_path)[0] + ".json", "w") as f:
+    json.dump(meta, f, indent=2, default=list)
+  return out_path
 
 
 def training_sample(data_config) -> list[str]:
@@ -98,7 +108,8 @@ def training_sample(data_config) -> list[str]:
   out = []
   for s in srcs:
     budget = data_config.tokenizer.train_chars * s["weight"] / total_w
-    train, _ = sources_lib.split_heldout(cached_documents(s), data_config.heldout_fraction)
+    docs, _ = sources_lib.cached_documents(s, data_config.get("error_budget", -1))
+    train, _ = sources_lib.split_heldout(docs, data_config.heldout_fraction)
     for d in sorted(train, key=lambda d: sources_lib._unit_hash("tok:" + d.key)):  # pylint: disable=protected-access
       if budget <= 0:
         break
@@ -107,19 +118,16 @@ def training_sample(data_config) -> list[str]:
   return out
 
 
-def cached_documents(src: dict) -> list[sources_lib.Document]:
-  """load_documents, memoised per source config (the tokenizer and the
-  pipeline read the same files in one process)."""
-  return _cached(json.dumps(src, sort_keys=True, default=list))
-
-
-@functools.lru_cache(maxsize=16)
-def _cached(src_json: str):
-  return sources_lib.load_documents(json.loads(src_json))
+def load(path: str) -> spm.SentencePieceProcessor:
+  """Cached processor; keyed by mtime and size too, so a retrained file at the
+  same path is never served stale."""
+  st = os.stat(path)
+  return _load(path, st.st_mtime_ns, st.st_size)
 
 
 @functools.lru_cache(maxsize=8)
-def load(path: str) -> spm.SentencePieceProcessor:
+def _load(path: str, mtime_ns: int, size: int) -> spm.SentencePieceProcessor:
+  del mtime_ns, size  # cache key only
   return spm.SentencePieceProcessor(model_file=path)
 
 
@@ -149,3 +157,45 @@ def _atomic_write(path: str, data: bytes) -> None:
   with open(tmp, "wb") as f:
     f.write(data)
   os.replace(tmp, path)
+
+
+def compression_report(data_config, tokenizer_path: str,
+                       max_chars_per_domain: int = 500_000) -> list[dict]:
+  """Characters and UTF-8 bytes per token, per domain, on held-out documents.
+
+  Held-out text was never in the tokenizer's training sample, so this is the
+  compression a model trained with it will see on new text of each domain.
+  """
+  sp = load(tokenizer_path)
+  rows = []
+  domains = config_lib.domain_names(data_config)
+  by_domain = {d: [] for d in domains}
+  for s in config_lib.iter_sources(data_config):
+    docs, _ = sources_lib.cached_documents(s, data_config.get("error_budget", -1))
+    train, held = sources_lib.split_heldout(docs, data_config.heldout_fraction)
+    by_domain[s["domain"]].extend(d.text for d in (held or train[:1]))
+  byte_ids = {sp.piece_to_id(f"<0x{b:02X}>") for b in range(256)}
+  for dom in domains:
+    texts, chars = [], 0
+    for t in by_domain[dom]:
+      if chars >= max_chars_per_domain:
+        break
+      texts.append(t[:max_chars_per_domain - chars])
+      chars += len(texts[-1])
+    ids = [i for t in texts for i in sp.encode(t)]
+    n_bytes = sum(len(t.encode()) for t in texts)
+    rows.append(dict(domain=dom, docs=len(texts), chars=chars, bytes=n_bytes, tokens=len(ids),
+                     chars_per_token=chars / max(1, len(ids)),
+                     bytes_per_token=n_bytes / max(1, len(ids)),
+                     byte_fallback=sum(i in byte_ids for i in ids) / max(1, len(ids))))
+  return rows
+
+
+def format_compression(rows: list[dict]) -> str:
+  """Markdown table of compression_report rows."""
+  out = ["| domain | docs | chars | tokens | chars/token | bytes/token | byte-fallback tokens |",
+         "|---|---:|---:|---:|---:|---:|---:|"]
+  for r in rows:
+    out.append(f"| {r['domain']} | {r['docs']} | {r['chars']} | {r['tokens']} | "
+               f"{r['chars_per_token']:.2f} | {r['bytes_per_token']:.2f} | {r['byte_fallback']:.2%} |")
+  return "\n".join(out)

@@ -8,15 +8,27 @@ of the softmax is ever empty and no NaN can appear.
 Implementations (`model.attention_impl`):
   xla     dense reference written in jnp; XLA fuses it. Always available.
   pallas  maxlm's flash-attention kernel (kernels/flash_attention.py).
-  splash  TPU splash attention.
-  cudnn   jax.nn.dot_product_attention(implementation="cudnn"); refuses packed
-          batches it cannot mask rather than silently ignoring segment ids.
+  splash  jax's TPU splash attention (TPU only; raises elsewhere).
+  cudnn   jax.nn.dot_product_attention(implementation="cudnn") (GPU only). It
+          never ignores segment ids: with ids it passes them as a dense mask
+          (correct, slow); only segment_ids=None takes the fast causal path.
+
+Kernels (pallas, splash, cudnn) run inside shard_map over the mesh in context,
+batch sharded as the logical rules shard 'batch', heads as 'heads'/'kv'.
 """
 
 from __future__ import annotations
 
+import math
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.interpreters import pxla
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
+
+from kernels.flash_attention import flash_attention
 
 
 def dense_attention(q_btnh, k_bskh, v_bskh, segment_ids_bt, *, causal: bool = True,
@@ -47,8 +59,113 @@ def make_attention_mask(q_segment_ids_bt, kv_segment_ids_bs, *, causal: bool = T
 
 
 def attention(q_btnh, k_bskh, v_bskh, segment_ids_bt, *, impl: str = "xla"):
-  """Causal, segment-masked GQA attention through the implementation `impl`."""
+  """Causal, segment-masked GQA attention through the implementation `impl`.
+
+  segment_ids_bt may be None (one document per row); the model always passes
+  ids. Kernels run inside shard_map over the mesh in context (see _sharded).
+  """
   if impl == "xla":
+    if segment_ids_bt is None:
+      segment_ids_bt = jnp.ones(q_btnh.shape[:2], jnp.int32)
     return dense_attention(q_btnh, k_bskh, v_bskh, segment_ids_bt)
-  raise NotImplementedError(
-      f"model.attention_impl={impl!r} is not available yet; use 'xla'")
+  if impl == "pallas":
+    return _sharded(_pallas_local, q_btnh, k_bskh, v_bskh, segment_ids_bt)
+  if impl == "cudnn":
+    return _sharded(_cudnn_local, q_btnh, k_bskh, v_bskh, segment_ids_bt)
+  if impl == "splash":
+    return _sharded(_splash_local, q_btnh, k_bskh, v_bskh, segment_ids_bt)
+  raise ValueError(f"model.attention_impl={impl!r} is not one of xla, pallas, splash, cudnn")
+
+
+def _pallas_local(q_btnh, k_bskh, v_bskh, segment_ids_bt):
+  # The interpreter is the only way a Pallas kernel runs on CPU (tests, laptops).
+  return flash_attention(q_btnh, k_bskh, v_bskh, segment_ids=segment_ids_bt, causal=True,
+                         interpret=jax.default_backend() == "cpu")
+
+
+def _cudnn_local(q_btnh, k_bskh, v_bskh, segment_ids_bt):
+  """cuDNN flash attention. Rule: it never ignores segment ids.
+
+  Without ids (segment_ids_bt=None) it runs the fast causal-only kernel. With
+  ids, whether a row holds one document is not known at trace time, so the
+  segment mask goes to cuDNN as a dense [B, 1, T, S] boolean mask (correct,
+  but it materialises T x S per row and is much slower: use 'pallas' for
+  packed batches).
+  """
+  if jax.default_backend() != "gpu":
+    raise ValueError(f"model.attention_impl='cudnn' needs an NVIDIA GPU; the backend is "
+                     f"{jax.default_backend()!r}. Use 'pallas' or 'xla'.")
+  mask_b1ts = None
+  if segment_ids_bt is not None:
+    mask_b1ts = make_attention_mask(segment_ids_bt, segment_ids_bt, causal=False)[:, None]
+  return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask_b1ts, is_causal=True,
+                                      implementation="cudnn")
+
+
+def _splash_local(q_btnh, k_bskh, v_bskh, segment_ids_bt):
+  """jax's TPU splash attention (causal mask, segment ids). Untested: no TPU in CI."""
+  if jax.default_backend() != "tpu":
+    raise ValueError(f"model.attention_impl='splash' runs only on TPU; the backend is "
+                     f"{jax.default_backend()!r}. Use 'pallas' (same semantics) or 'xla'.")
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+  B, T, N, H = q_btnh.shape
+  if segment_ids_bt is None:
+    segment_ids_bt = jnp.ones((B, T), jnp.int32)
+  mask = splash_mask.MultiHeadMask([splash_mask.CausalMask((T, T))] * N)
+  kernel = splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1)
+  # Splash does not scale the logits; it wants [heads, length, H] per example.
+  q_bnth = jnp.swapaxes(q_btnh * H ** -0.5, 1, 2)
+  k_bksh, v_bksh = jnp.swapaxes(k_bskh, 1, 2), jnp.swapaxes(v_bskh, 1, 2)
+  one = lambda q, k, v, seg: kernel(q, k, v, segment_ids=splash.SegmentIds(seg, seg))
+  return jnp.swapaxes(jax.vmap(one)(q_bnth, k_bksh, v_bksh, segment_ids_bt), 1, 2)
+
+
+def _current_mesh():
+  """The mesh in context: jax.set_mesh(...), else the legacy `with mesh:`; None if neither."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty:
+    return mesh
+  legacy = pxla.thread_resources.env.physical_mesh
+  return None if legacy.empty else legacy
+
+
+def _mesh_axes(mesh, logical: str, dim: int) -> tuple[str, ...] | None:
+  """Mesh axes the logical-axis rules give `logical`, or None if they do not divide dim."""
+  (axes,) = nn.logical_to_mesh_axes((logical,))
+  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  axes = tuple(a for a in axes if a in mesh.axis_names)
+  size = math.prod(mesh.shape[a] for a in axes)
+  return axes if axes and dim % size == 0 else None
+
+
+def _sharded(local_fn, q_btnh, k_bskh, v_bskh, segment_ids_bt):
+  """Runs local_fn inside shard_map: batch over the 'batch' axes, heads over 'heads'/'kv'.
+
+  Each shard gets whole sequences of N/t query heads and the K/t kv heads that
+  serve them, so no collective is needed. Heads are sharded only when 'heads'
+  and 'kv' map to the same mesh axes and both N and K divide by their size
+  (otherwise the local GQA grouping would be wrong); else they are replicated,
+  correct but redundant. A batch the 'batch' axes do not divide is replicated.
+  """
+  mesh = _current_mesh()
+  if mesh is None:
+    return local_fn(q_btnh, k_bskh, v_bskh, segment_ids_bt)
+  B, _, N, _ = q_btnh.shape
+  K = k_bskh.shape[2]
+  batch = _mesh_axes(mesh, "batch", B)
+  heads, kv = _mesh_axes(mesh, "heads", N), _mesh_axes(mesh, "kv", K)
+  heads = heads if heads == kv else None
+  qkv_spec = P(batch, None, heads, None)
+  seg_spec = P(batch, None)
+  args = [q_btnh, k_bskh, v_bskh]
+  specs = [qkv_spec] * 3
+  if segment_ids_bt is not None:
+    args.append(segment_ids_bt)
+    specs.append(seg_spec)
+  if any(t == AxisType.Explicit for t in mesh.axis_types):
+    # Explicit axes: shard_map checks, not converts, the inputs' shardings.
+    args = [jax.sharding.reshard(x, spec) for x, spec in zip(args, specs)]
+  fn = local_fn if segment_ids_bt is not None else (lambda q, k, v: local_fn(q, k, v, None))
+  return jax.shard_map(fn, mesh=mesh, in_specs=tuple(specs), out_specs=qkv_spec,
+                       check_vma=False)(*args)

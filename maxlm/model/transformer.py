@@ -178,8 +178,14 @@ def forward(model_config, params, tokens, segment_ids=None, positions=None):
   """The public forward pass: float32 logits [B, T, V].
 
   `segment_ids` [B, T] (int, 0 = padding) keep packed documents apart;
-  `positions` [B, T] are per-document positions used by RoPE.
+  `positions` [B, T] are per-document positions used by RoPE. Jitted (the
+  config is static); inside another jit it simply inlines.
   """
   cfg = ModelConfig.from_any(model_config)
-  seg, pos = default_segments_and_positions(tokens, segment_ids, positions)
-  return _module(cfg).apply({"params": params}, tokens, seg, pos)
+  seg, pos = default_segments_and_positions(jnp.asarray(tokens), segment_ids, positions)
+  return _forward(cfg, params, tokens, seg, pos)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(cfg: ModelConfig, params, tokens_bt, segment_ids_bt, positions_bt):
+  return _module(cfg).apply({"params": params}, tokens_bt, segment_ids_bt, positions_bt)

@@ -10,6 +10,7 @@ The logic lives in maxlm.train.driver so notebooks can call it directly.
 import logging
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from maxlm.train.driver import train
@@ -22,7 +23,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+  # orbax and grain log every save at INFO through absl; keep maxlm's own lines.
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("maxlm").setLevel(logging.INFO)
   train(_CONFIG.value, _WORKDIR.value)
 
 

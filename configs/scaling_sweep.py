@@ -1,0 +1,81 @@
+"""Scaling-law sweeps: isoFLOP profiles or (N, D) grids of pretraining runs.
+
+Write the points and the launch manifest (one command per point), train them
+here one at a time, collect, fit:
+
+  python -m maxlm.scaling sweep --config=configs/scaling_sweep.py:tiny --root=/tmp/sweep --run
+  python -m maxlm.scaling collect /tmp/sweep --out=/tmp/sweep/results.csv
+  python -m maxlm.scaling fit /tmp/sweep/results.csv --method=all --plot-dir=/tmp/sweep/plots
+
+Variants (arg): "tiny" (CPU miniature, minutes in all), "small" (isoFLOP
+1e17..1e19 on accelerators), "grid" (an N x D grid for Approach 3).
+Override any field with --set, e.g. --set train.lr_rule=deepseek.
+"""
+
+import ml_collections
+
+
+def get_config(arg="tiny"):
+  c = ml_collections.ConfigDict()
+  c.kind = "isoflop"  # "isoflop": budgets x sizes, D from C; "grid": n_values x tokens
+  c.root = "/tmp/maxlm_scaling"  # sweep directory; each point's workdir is <root>/<name>
+  c.prefix = ""  # prepended to every point name
+  # "exact": C = D * maxlm.model.flops_per_token (6N + LM head + attention, PaLM app. B);
+  # "6nd": C = 6 N_nonemb D (Kaplan). Exact is what the accelerator spends.
+  c.flops = "exact"
+
+  # isoFLOP sweep: for each budget (FLOPs), n_per_budget sizes log-spaced over a
+  # factor n_span around sqrt(C / (6 * tokens_per_param)), Chinchilla's optimum
+  # at ~20 tokens per parameter, so each profile brackets its minimum.
+  c.budgets = [1e17, 3e17, 1e18, 3e18, 1e19]
+  c.n_per_budget = 7
+  c.n_span = 16.0
+  c.tokens_per_param = 20.0
+  # grid sweep: target non-embedding sizes and absolute token counts.
+  c.n_values = [1e6, 3e6, 1e7]
+  c.tokens = [1e7, 3e7, 1e8]
+
+  # Shape from N (maxlm/scaling/sweep.py docstring): d_model ~ (aspect N / 12)^(1/3)
+  # rounded to head_dim, layers chosen to hit N.
+  c.shape = ml_collections.ConfigDict()
+  c.shape.vocab_size = 32768  # must equal the pretrain variant's (padded) vocab: N counts it
+  c.shape.aspect = 64.0  # d_model / n_layers; Kaplan's loss is flat from ~20 to ~200
+  c.shape.head_dim = 64  # d_model is a multiple of it (n_heads = d_model / head_dim)
+  c.shape.mlp_ratio = 8 / 3  # SwiGLU F = 8/3 D keeps the MLP at 8 D^2 like a 4D GeLU MLP
+  c.shape.ff_multiple = 128  # d_ff rounded up to this (MXU tile)
+  c.shape.kv_group = 1  # n_heads / n_kv_heads; 1 = MHA as in Chinchilla's models
+
+  c.train = ml_collections.ConfigDict()
+  c.train.seq_len = 1024  # tokens per sequence
+  c.train.global_batch = 64  # sequences per step, when batch_rule = "fixed"
+  c.train.peak_lr = 3e-3  # when lr_rule = "fixed"
+  c.train.lr_rule = "fixed"  # "fixed" | "kaplan" (Kaplan 2020 eq. D.1, from N) | "deepseek" (DeepSeek LLM eq. 1, from C)
+  c.train.batch_rule = "fixed"  # "fixed" | "deepseek" (0.292 C^0.3271 tokens, to a power of two sequences)
+
+  c.launch = ml_collections.ConfigDict()
+  c.launch.pretrain = "configs/pretrain.py"  # stage config each point overrides
+  c.launch.variant = "base"  # its get_config arg
+  # {pretrain} {variant} {workdir} {overrides} are filled per point; a leading
+  # `python` becomes the running interpreter when `run` executes it here.
+  c.launch.command = "python -m maxlm.train --config={pretrain}:{variant} --workdir={workdir} {overrides}"
+  c.launch.extra_overrides = []  # appended to every command, e.g. ["--config.eval.every=100"]
+
+  if arg == "tiny":
+    # CPU miniature: byte-level vocab, 5 sizes at each of 3 budgets, each run seconds to a minute.
+    c.root = "/tmp/maxlm_scaling_tiny"
+    c.budgets = [1e12, 3e12, 1e13]
+    c.n_per_budget = 5
+    c.shape.vocab_size = 256
+    c.shape.aspect = 32.0
+    c.shape.head_dim = 32
+    c.shape.ff_multiple = 32
+    c.train.seq_len = 128
+    c.train.global_batch = 16
+    c.launch.variant = "tiny"
+  elif arg == "small":
+    pass  # the defaults above
+  elif arg == "grid":
+    c.kind = "grid"
+  else:
+    raise ValueError(f"unknown scaling_sweep variant {arg!r}: tiny, small or grid")
+  return c

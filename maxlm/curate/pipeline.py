@@ -1,0 +1,175 @@
+"""The curation pipeline: read -> per-document stages -> dedup -> decontam -> write.
+
+`build_pipeline` wires the stages named in the config into a Beam pipeline;
+`run` adds the runner, waits, writes the report and checks the error budget.
+Only this module sees the whole curate config; each stage gets its own
+sub-config as keyword arguments (`NearDedup(**config.near_dedup)`).
+
+Outputs under DIR:
+  docs/<domain>-SSSSS-of-NNNNN.jsonl.zst   kept documents {"id", "text", "source", "meta"}
+  rejects/part-*.jsonl.zst                 removed documents with "stage", "rule", "detail"
+  notes/part-*.jsonl                       kept-but-changed documents (masked contamination)
+  read_errors.jsonl                        bad input, with file and line
+  summary.json, summary.md                 counts and bytes per stage and rule (report.py)
+
+Documents are written as JSONL compressed with zstd: line-oriented, so readers
+stream them; free-form metadata without a schema; zstd decompresses at >1 GB/s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import apache_beam as beam
+import zstandard
+from apache_beam.io import fileio
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from maxlm.curate import report
+from maxlm.curate.decontam import Decontaminate
+from maxlm.curate.dedup import ExactDedup, NearDedup
+from maxlm.curate.read import ReadDocuments
+from maxlm.curate.stages import (C4Lines, FineWebQuality, GopherQuality, GopherRepetition, LanguageId,
+                                 Normalize)
+
+
+def _model_score(**unused):
+  # TODO(issue 9): perplexity per document from a maxlm checkpoint, via
+  # maxlm.forward(model_config, params, tokens) jitted and batched, the model
+  # loaded once per worker in DoFn.setup. Not implemented yet.
+  raise NotImplementedError("model_score: scoring with maxlm.forward is a TODO stage; set "
+                            "model_score.enabled=False")
+
+
+# In FineWeb's order: language, repetition, quality, C4, FineWeb; then scores, dedup, decontam.
+STAGES = (
+    ("normalize", Normalize),
+    ("langid", LanguageId),
+    ("gopher_repetition", GopherRepetition),
+    ("gopher_quality", GopherQuality),
+    ("c4", C4Lines),
+    ("fineweb", FineWebQuality),
+    ("model_score", _model_score),
+    ("exact_dedup", ExactDedup),
+    ("near_dedup", NearDedup),
+    ("decontam", Decontaminate),
+)
+
+
+def _nbytes(rec: dict) -> int:
+  return len(rec.get("text", "").encode("utf-8"))
+
+
+def _count(pcoll, label: str, key_fn):
+  return pcoll | f"count_{label}" >> beam.Map(lambda r: (key_fn(r), (1, _nbytes(r))))
+
+
+class _JsonlZstSink(fileio.FileSink):
+  def open(self, fh):
+    self._writer = zstandard.ZstdCompressor(level=3).stream_writer(fh, closefd=False)
+
+  def write(self, record):
+    self._writer.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+
+  def flush(self):
+    self._writer.flush(zstandard.FLUSH_FRAME)  # Beam closes the file itself
+
+
+def _sum_pairs(pairs) -> tuple[int, int]:
+  docs = nbytes = 0
+  for d, b in pairs:
+    docs, nbytes = docs + d, nbytes + b
+  return docs, nbytes
+
+
+def _to_json(rec) -> str:
+  return json.dumps(rec, ensure_ascii=False)
+
+
+def build_pipeline(p: beam.Pipeline, config, inputs, output: str) -> None:
+  """Adds every enabled stage of `config` to `p`, reading `inputs` and writing under `output`."""
+  # --- read ---
+  read = p | ReadDocuments(inputs, **config.read)
+  docs = read["docs"]
+  rejects, notes = [read["rejects"]], []
+  counts = [_count(docs, "read", lambda r: ("read", "kept", ""))]
+  stage_names = ["read"]
+
+  # --- per-document stages, dedup, decontam ---
+  for name, ctor in STAGES:
+    sub = config[name].to_dict()
+    if not sub.get("enabled", False):
+      continue
+    out = docs | ctor(**sub)
+    docs = out["docs"]
+    rejects.append(out["rejects"])
+    if "notes" in out:
+      notes.append(out["notes"])
+    counts.append(_count(docs, name, lambda r, name=name: (name, "kept", "")))
+    if name == "langid":
+      counts.append(docs | "count_langs" >> beam.Map(
+          lambda d: (("langid", "lang", d["meta"]["lang"]), (1, _nbytes(d)))))
+    if "cluster_sizes" in out:
+      counts.append(out["cluster_sizes"]
+                    | "count_cluster_sizes" >> beam.Map(lambda n: (("near_dedup", "cluster_size", str(n)), (1, 0))))
+    stage_names.append(name)
+
+  # --- write ---
+  all_rejects = rejects | "flatten_rejects" >> beam.Flatten()
+  counts.append(_count(all_rejects, "rejects", lambda r: (r["stage"], "removed", r["rule"])))
+  if notes:
+    all_notes = notes | "flatten_notes" >> beam.Flatten()
+    counts.append(all_notes | "count_notes" >> beam.Map(lambda r: ((r["stage"], "note", r["kind"]), (1, 0))))
+    _ = (all_notes | "notes_json" >> beam.Map(_to_json)
+         | "write_notes" >> beam.io.WriteToText(os.path.join(output, "notes", "part"), ".jsonl"))
+  partition_by, default = config.write.partition_by, config.write.default_partition
+  _ = docs | "write_docs" >> fileio.WriteToFiles(
+      path=os.path.join(output, "docs"),
+      destination=lambda d: str(d["meta"].get(partition_by) or default),
+      sink=lambda dest: _JsonlZstSink(),
+      file_naming=fileio.destination_prefix_naming(".jsonl.zst"),
+      shards=config.write.num_shards)
+  drop_text = not config.write.rejects_keep_text
+  _ = (all_rejects
+       | "rejects_json" >> beam.Map(lambda r: _to_json({k: v for k, v in r.items() if not (drop_text and k == "text")}))
+       | "write_rejects" >> beam.io.WriteToText(os.path.join(output, "rejects", "part"), ".jsonl.zst"))
+  _ = (read["rejects"] | "errors_json" >> beam.Map(_to_json)
+       | "write_errors" >> beam.io.WriteToText(os.path.join(output, "read_errors"), ".jsonl",
+                                                num_shards=1, shard_name_template=""))
+  _ = (counts
+       | "flatten_counts" >> beam.Flatten()
+       | "sum_counts" >> beam.CombinePerKey(_sum_pairs)
+       | "counts_json" >> beam.Map(lambda kv: json.dumps([list(kv[0]), list(kv[1])]))
+       | "write_counts" >> beam.io.WriteToText(os.path.join(output, "counts"), ".jsonl",
+                                                num_shards=1, shard_name_template=""))
+  return stage_names
+
+
+def pipeline_options(beam_args, num_workers: int = 0) -> tuple[PipelineOptions, object]:
+  """Options and runner. Without --runner (or with DirectRunner) this is Beam's FnApiRunner,
+  one process per core: DirectRunner would first try the Prism runner, which downloads a
+  binary at run time and fails offline."""
+  options = PipelineOptions(list(beam_args))
+  runner = options.view_as(StandardOptions).runner
+  if runner in (None, "DirectRunner", "FnApiRunner"):
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    direct = options.view_as(DirectOptions)
+    if "--direct_running_mode" not in " ".join(beam_args):
+      direct.direct_running_mode = "multi_processing"
+    if not direct.direct_num_workers:
+      direct.direct_num_workers = num_workers or os.cpu_count() or 1
+    return options, FnApiRunner()
+  return options, None
+
+
+def run(config, inputs, output: str, beam_args=()) -> dict:
+  """Runs the pipeline to completion; returns the summary (also written under `output`)."""
+  options, runner = pipeline_options(beam_args, config.num_workers)
+  with beam.Pipeline(runner=runner, options=options) as p:
+    stage_names = build_pipeline(p, config, inputs, output)
+  summary = report.write_report(output, stage_names, config.to_dict())
+  logging.info("curate: %s", json.dumps(summary["stages"]))
+  report.check_error_budget(summary, config.read.max_error_fraction)
+  return summary

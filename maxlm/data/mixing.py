@@ -1,0 +1,274 @@
+"""Mixing packed rows of several sources by token share, on a schedule.
+
+Written by hand because Grain's `IterDataset.mix` takes fixed proportions of
+*elements*; pretraining needs (a) shares of *tokens*, (b) weights that change
+with the training step (annealing, long-context stages, replay), (c) sources
+that run out (epoch caps) or are down-weighted as they are reused, and (d) a
+count of how often each document was served, saved with the checkpoint.
+
+Selection is deterministic "largest deficit first": every source holds a credit
+= (tokens it should have had) - (tokens it had); each row goes to the active
+source with the largest credit, then all credits move by the row's real tokens
+times the current weights. With fixed weights every source stays within one
+row of its share at all times, so a share over 10k rows is exact to ~1e-4.
+The weights are a pure function of the step (rows emitted // rows per step)
+and of the saved state, so a resumed run emits exactly the same rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import zlib
+from typing import Sequence
+
+import grain
+import numpy as np
+
+STATE_KEY = "maxlm_mix"  # marks this stage's state inside Grain's nested state
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  start: int  # first step of the stage
+  weights: tuple[float, ...]  # per source, in source order (unnormalised)
+  linear: bool = False  # ramp linearly from the previous stage's start to `start`
+
+
+def make_stages(base_weights: Sequence[float], names: Sequence[str], schedule,
+                tokens_per_step: int) -> list[Stage]:
+  """Config schedule -> stages in steps. Stage 0 is the sources' own weights.
+
+  Each schedule entry: dict(start=..., unit='step'|'tokens',
+  weights={source: w}, transition='switch'|'linear'); a source missing from
+  `weights` gets 0. 'tokens' counts global tokens (rows x seq_len).
+  """
+  stages = [Stage(0, tuple(float(w) for w in base_weights))]
+  for i, e in enumerate(schedule or ()):
+    e = dict(e.to_dict() if hasattr(e, "to_dict") else e)
+    unit = e.get("unit", "step")
+    if unit not in ("step", "tokens"):
+      raise ValueError(f"data.schedule[{i}].unit={unit!r}: expected 'step' or 'tokens'")
+    start = int(e["start"]) if unit == "step" else int(e["start"]) // tokens_per_step
+    unknown = set(e["weights"]) - set(names)
+    if unknown:
+      raise ValueError(f"data.schedule[{i}].weights names unknown sources {sorted(unknown)}")
+    if e.get("transition", "switch") not in ("switch", "linear"):
+      raise ValueError(f"data.schedule[{i}].transition={e.get('transition')!r}: "
+                       "expected 'switch' or 'linear'")
+    if start <= stages[-1].start:
+      raise ValueError(f"data.schedule[{i}].start: stages must start at increasing steps")
+    w = tuple(float(e["weights"].get(n, 0.0)) for n in names)
+    if sum(w) <= 0:
+      raise ValueError(f"data.schedule[{i}].weights sum to 0")
+    stages.append(Stage(start, w, e.get("transition", "switch") == "linear"))
+  return stages
+
+
+def weights_at(stages: Sequence[Stage], step: int) -> np.ndarray:
+  """Normalised source weights at `step` (a pure function of step)."""
+  k = max(i for i, s in enumerate(stages) if s.start <= step)
+  w = np.asarray(stages[k].weights, np.float64)
+  if k + 1 < len(stages) and stages[k + 1].linear:
+    nxt = stages[k + 1]
+    frac = (step - stages[k].start) / (nxt.start - stages[k].start)
+    w = (1 - frac) * w / w.sum() + frac * np.asarray(nxt.weights) / sum(nxt.weights)
+  return w / w.sum()
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceInfo:
+  name: str
+  doc_ids: tuple[int, ...]  # this host's documents of the source, any order
+
+
+class ScheduledMixIterDataset(grain.IterDataset):
+  """Mixes per-source row datasets by token share on a step schedule."""
+
+  def __init__(self, parents: Sequence[grain.IterDataset], infos: Sequence[SourceInfo],
+               stages: Sequence[Stage], rows_per_step: int, reuse_decay: float = 1.0):
+    super().__init__(list(parents))
+    self._infos = tuple(infos)
+    self._stages = tuple(stages)
+    self._rows_per_step = rows_per_step
+    self._reuse_decay = reuse_decay
+
+  def __iter__(self):
+    return _ScheduledMixIterator([p.__iter__() for p in self._parents], self._infos,
+                                 self._stages, self._rows_per_step, self._reuse_decay)
+
+  def __str__(self):
+    return f"ScheduledMixIterDataset({[i.name for i in self._infos]})"
+
+
+class _ScheduledMixIterator(grain.DatasetIterator):
+
+  def __init__(self, parents, infos, stages, rows_per_step, reuse_decay):
+    super().__init__(parents)
+    self._infos = infos
+    self._stages = stages
+    self._rows_per_step = rows_per_step
+    self._reuse_decay = reuse_decay
+    self._local = [{d: j for j, d in enumerate(i.doc_ids)} for i in infos]
+    n = len(infos)
+    self._rows = 0
+    self._credit = np.zeros(n)
+    self._tokens = np.zeros(n, np.int64)
+    self._exhausted = np.zeros(n, bool)
+    self._counts = [np.zeros(len(i.doc_ids), np.int64) for i in infos]
+    self._served = np.zeros(n, np.int64)  # documents started, per source
+
+  def current_weights(self) -> np.ndarray:
+    """Effective weights now: schedule x reuse decay, 0 for exhausted sources."""
+    w = weights_at(self._stages, self._rows // self._rows_per_step)
+    epochs = self._served // np.maximum(1, [len(c) for c in self._counts])
+    w = w * self._reuse_decay ** epochs
+    w[self._exhausted] = 0
+    return w / w.sum() if w.sum() > 0 else w
+
+  def __next__(self):
+    while True:
+      w = self.current_weights()
+      if not w.any():
+        raise StopIteration
+      # Largest deficit first; ties go to the first source (deterministic).
+      i = int(np.argmax(np.where(w > 0, self._credit, -np.inf)))
+      try:
+        row = next(self._parents[i])
+      except StopIteration:
+        # Epoch cap reached (the source is a finite repeat): drop it from the mix.
+        logging.warning("data: source %r exhausted (epoch cap) after %d rows; "
+                        "its weight goes to the others", self._infos[i].name, self._rows)
+        self._exhausted[i] = True
+        self._credit[i] = 0.0
+        continue
+      break
+    seg = row["inputs_segment_ids"]
+    n = int(np.count_nonzero(seg))
+    self._credit += w * n
+    self._credit[i] -= n
+    self._credit[w == 0] = 0.0  # a source switched off must not bank credit
+    self._tokens[i] += n
+    # A document is served when its first piece (offset 0) is emitted.
+    starts = (row["doc_offsets"] == 0) & (seg > 0)
+    for d in row["doc_ids"][starts]:
+      self._counts[i][self._local[i][int(d)]] += 1
+    self._served[i] += int(np.count_nonzero(starts))
+    self._rows += 1
+    return row
+
+  def get_state(self):
+    return {
+        "parents": {inf.name: p.get_state() for inf, p in zip(self._infos, self._parents)},
+        STATE_KEY: {
+            "rows": self._rows,
+            "rows_per_step": self._rows_per_step,
+            "stages": [dataclasses.asdict(s) for s in self._stages],
+            "sources": {
+                inf.name: {"credit": float(self._credit[k]),
+                           "tokens": int(self._tokens[k]),
+                           "served": int(self._served[k]),
+                           "exhausted": bool(self._exhausted[k]),
+                           "num_docs": len(inf.doc_ids),
+                           "counts": _encode(self._counts[k])}
+                for k, inf in enumerate(self._infos)},
+        },
+    }
+
+  def set_state(self, state):
+    mine = state[STATE_KEY]
+    names = [i.name for i in self._infos]
+    if [dict(s, weights=tuple(s["weights"])) for s in mine["stages"]] != \
+        [dataclasses.asdict(s) for s in self._stages]:
+      # An explicit decision of whoever changed the config; say so loudly.
+      logging.warning("data: mixture schedule changed on resume: was %s, now %s",
+                      mine["stages"], [dataclasses.asdict(s) for s in self._stages])
+    if mine["rows_per_step"] != self._rows_per_step:
+      logging.warning("data: rows per step changed on resume (%d -> %d): the "
+                      "schedule follows the new batch size", mine["rows_per_step"],
+                      self._rows_per_step)
+    self._rows = mine["rows"]
+    for k, name in enumerate(names):
+      s = mine["sources"].get(name)
+      if s is None:
+        logging.warning("data: source %r is new on resume; it starts from scratch", name)
+        continue
+      self._parents[k].set_state(state["parents"][name])
+      self._credit[k] = s["credit"]
+      self._tokens[k] = s["tokens"]
+      self._served[k] = s["served"]
+      self._exhausted[k] = s["exhausted"]
+      counts = _decode(s["counts"])
+      if len(counts) == len(self._counts[k]):
+        self._counts[k] = counts
+      else:
+        logging.warning("data: source %r changed size on resume; its reuse "
+                        "counts restart", name)
+    for name in set(mine["sources"]) - set(names):
+      logging.warning("data: source %r was dropped from the mix on resume", name)
+
+  def __str__(self):
+    return "ScheduledMixIterator"
+
+
+def _encode(a: np.ndarray) -> str:
+  # Per-document counts travel in Grain's JSON state: compact and exact.
+  return base64.b64encode(zlib.compress(a.astype("<u4").tobytes(), 1)).decode()
+
+
+def _decode(s: str) -> np.ndarray:
+  return np.frombuffer(zlib.decompress(base64.b64decode(s)), "<u4").astype(np.int64)
+
+
+def find_mix_state(state) -> dict | None:
+  """The mixer's own state inside a whole pipeline's nested Grain state."""
+  if isinstance(state, dict):
+    if STATE_KEY in state:
+      return state[STATE_KEY]
+    for v in state.values():
+      found = find_mix_state(v)
+      if found is not None:
+        return found
+  elif isinstance(state, (list, tuple)):
+    for v in state:
+      found = find_mix_state(v)
+      if found is not None:
+        return found
+  return None
+
+
+def reuse_report(iterator_or_state) -> dict:
+  """Tokens, documents served and epochs per source, from an iterator or state.
+
+  Per-document counts ('doc_counts', in the host's document order) are
+  included for tests and audits.
+  """
+  state = iterator_or_state
+  if hasattr(state, "get_state"):
+    state = state.get_state()
+  if isinstance(state, (str, bytes)):
+    state = json.loads(state)
+  mine = find_mix_state(state)
+  if mine is None:
+    raise ValueError("no maxlm mixer state found in this iterator state")
+  out = {}
+  for name, s in mine["sources"].items():
+    counts = _decode(s["counts"])
+    out[name] = dict(tokens=s["tokens"], docs_served=s["served"], num_docs=s["num_docs"],
+                     epochs=s["served"] / max(1, s["num_docs"]),
+                     max_doc_count=int(counts.max(initial=0)),
+                     exhausted=s["exhausted"], doc_counts=counts)
+  return out
+
+
+def format_reuse_report(report: dict) -> str:
+  total = sum(r["tokens"] for r in report.values()) or 1
+  lines = [f"{'source':16s} {'tokens':>12s} {'share':>7s} {'docs':>8s} {'served':>8s} "
+           f"{'epochs':>7s} {'max/doc':>7s}"]
+  for name, r in report.items():
+    lines.append(f"{name:16s} {r['tokens']:12d} {r['tokens'] / total:7.1%} {r['num_docs']:8d} "
+                 f"{r['docs_served']:8d} {r['epochs']:7.2f} {r['max_doc_count']:7d}"
+                 + ("  (capped)" if r["exhausted"] else ""))
+  return "\n".join(lines)

@@ -1,0 +1,166 @@
+"""Exact dedup, MinHash estimates, LSH near dedup on planted near-duplicates, and
+connected components inside Beam (against union-find)."""
+
+import json
+import os
+import random
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+from maxlm.curate import dedup, minhash
+
+
+def run_beam(make_outputs, tmp_path, name="out"):
+  """Builds `make_outputs(p) -> {tag: pcoll}` in process, returns {tag: [records]}."""
+  opts = PipelineOptions(["--direct_running_mode=in_memory"])
+  with beam.Pipeline(runner=FnApiRunner(), options=opts) as p:
+    outs = make_outputs(p)
+    for tag, pc in outs.items():
+      _ = (pc | f"json_{tag}" >> beam.Map(json.dumps)
+           | f"write_{tag}" >> beam.io.WriteToText(str(tmp_path / f"{name}_{tag}"), num_shards=1,
+                                                   shard_name_template=""))
+  result = {}
+  for tag in outs:
+    with open(tmp_path / f"{name}_{tag}") as f:
+      result[tag] = [json.loads(line) for line in f]
+  return result
+
+
+def _doc(i, text, score=None):
+  meta = {} if score is None else {"quality_score": score}
+  return {"id": i, "text": text, "source": "t", "meta": meta}
+
+
+def test_exact_dedup_keeps_best_then_smallest_id(tmp_path):
+  docs = [_doc("b", "same text"), _doc("a", "same text"), _doc("c", "same text"),
+          _doc("x", "other", 0.1), _doc("y", "other", 0.9), _doc("z", "unique")]
+  out = run_beam(lambda p: p | beam.Create(docs) | dedup.ExactDedup(), tmp_path)
+  assert sorted(d["id"] for d in out["docs"]) == ["a", "y", "z"]
+  assert sorted((r["id"], r["rule"], r["detail"]["kept"]) for r in out["rejects"]) == [
+      ("b", "exact_duplicate", "a"), ("c", "exact_duplicate", "a"), ("x", "exact_duplicate", "y")]
+
+
+# --- MinHash --------------------------------------------------------------
+
+def _words(rng, n, vocab=100_000):
+  return [f"t{rng.randrange(vocab)}" for _ in range(n)]
+
+
+def _jaccard(a, b, n=5):
+  sa, sb = minhash.shingle_set(a, n), minhash.shingle_set(b, n)
+  return len(sa & sb) / len(sa | sb)
+
+
+def test_minhash_estimate_matches_exact_jaccard():
+  rng = random.Random(0)
+  hasher = minhash.MinHasher(num_perm=256, seed=3)
+  errors = []
+  for _ in range(60):
+    a = _words(rng, 300)
+    b = list(a)
+    start = rng.randrange(250)
+    b[start:start + rng.randrange(1, 120)] = _words(rng, rng.randrange(1, 120))
+    exact = _jaccard(" ".join(a), " ".join(b))
+    est = minhash.estimate_jaccard(hasher.signature(" ".join(a)), hasher.signature(" ".join(b)))
+    errors.append((est - exact) / max(np.sqrt(exact * (1 - exact) / 256), 1e-3))
+  errors = np.array(errors)
+  # Unbiased, with the binomial standard error: mean z near 0, |z| < 3.5 everywhere.
+  assert abs(errors.mean()) < 0.5 and np.abs(errors).max() < 3.5
+
+
+def test_shingle_hashes_match_shingle_sets():
+  text = "a b c d e f g a b c d e"
+  assert len(minhash.shingle_hashes(text, 5)) == len(minhash.shingle_set(text, 5)) == 7
+
+
+def test_choose_bands_rows_and_probability():
+  b, r = minhash.choose_bands_rows(0.8, 256, fp_weight=0.05, fn_weight=0.95)
+  assert b * r <= 256
+  assert minhash.candidate_probability(0.85, b, r) > 0.99  # banding then loses < 1% of true pairs
+  assert minhash.candidate_probability(0.8, 1, 1) == pytest.approx(0.8)
+  assert minhash.candidate_probability(0.5, 2, 1) == pytest.approx(0.75)
+
+
+# --- Near dedup, end to end in Beam -------------------------------------------
+
+def _pair_at(rng, target):
+  """Two 300-word documents whose 5-shingle Jaccard is near `target`."""
+  a = _words(rng, 300)
+  # Replacing m contiguous words removes m + 4 of 296 shingles on each side.
+  m = max(1, round(296 * (1 - target) / (1 + target)) - 4)
+  b = list(a)
+  start = rng.randrange(300 - m)
+  b[start:start + m] = _words(rng, m)
+  return " ".join(a), " ".join(b)
+
+
+def test_near_dedup_recall_and_false_positives(tmp_path):
+  rng = random.Random(1)
+  threshold = 0.8
+  pairs = []
+  for k in range(240):
+    target = rng.uniform(0.85, 0.97) if k % 2 == 0 else rng.uniform(0.55, 0.75)
+    a, b = _pair_at(rng, target)
+    pairs.append((f"p{k:03d}a", f"p{k:03d}b", _jaccard(a, b), a, b))
+  docs = [_doc(ia, a) for ia, _, _, a, _ in pairs] + [_doc(ib, b) for _, ib, _, _, b in pairs]
+  docs += [_doc(f"solo{i}", " ".join(_words(rng, 300))) for i in range(100)]
+  out = run_beam(lambda p: p | beam.Create(docs) | dedup.NearDedup(threshold=threshold), tmp_path)
+  removed = {r["id"]: r["detail"]["kept"] for r in out["rejects"]}
+  high = [(ia, ib) for ia, ib, j, _, _ in pairs if j >= threshold + 0.05]
+  low = [(ia, ib) for ia, ib, j, _, _ in pairs if j <= threshold - 0.05]
+  assert len(high) > 80 and len(low) > 80
+  recall = np.mean([removed.get(ib) == ia for ia, ib in high])  # a < b: a is kept
+  fpr = np.mean([ia in removed or ib in removed for ia, ib in low])
+  assert recall >= 0.95, recall
+  assert fpr <= 0.05, fpr
+  assert not any(i.startswith("solo") for i in removed)
+  assert len(out["docs"]) + len(out["rejects"]) == len(docs)
+
+
+def test_near_dedup_clusters_are_transitive(tmp_path):
+  rng = random.Random(2)
+  base = _words(rng, 400)
+  a, b, c = (" ".join(base[s:s + 300]) for s in (0, 20, 40))  # shifted windows
+  assert _jaccard(a, b) > 0.85 and _jaccard(b, c) > 0.85 and _jaccard(a, c) < 0.8
+  docs = [_doc("c", c), _doc("b", b), _doc("a", a, score=0.0), _doc("other", " ".join(_words(rng, 300)))]
+  out = run_beam(lambda p: p | beam.Create(docs) | dedup.NearDedup(threshold=0.8), tmp_path)
+  assert sorted(d["id"] for d in out["docs"]) == ["a", "other"]
+  assert {r["id"]: r["detail"]["kept"] for r in out["rejects"]} == {"b": "a", "c": "a"}
+  assert out["cluster_sizes"] == [3]
+
+
+def _union_find_roots(edges):
+  parent = {}
+  def find(x):
+    parent.setdefault(x, x)
+    while parent[x] != x:
+      parent[x] = parent[parent[x]]
+      x = parent[x]
+    return x
+  for u, v in edges:
+    ru, rv = find(u), find(v)
+    if ru != rv:
+      parent[max(ru, rv)] = min(ru, rv)
+  return {x: find(x) for x in list(parent) if find(x) != x}
+
+
+def test_connected_components_match_union_find(tmp_path):
+  rng = random.Random(3)
+  labels = rng.sample(range(10_000), 300)
+  path = [(labels[i], labels[i + 1]) for i in range(99)]            # a long path, shuffled labels
+  rand = [(rng.choice(labels[100:]), rng.choice(labels[100:])) for _ in range(150)]
+  edges = [e for e in path + rand if e[0] != e[1]]
+  out = run_beam(lambda p: {"leaves": p | beam.Create(edges) | dedup.ConnectedComponents(rounds=8)},
+                 tmp_path)
+  assert dict(map(tuple, out["leaves"])) == _union_find_roots(edges)
+
+
+def test_connected_components_fail_loudly_when_rounds_too_few(tmp_path):
+  labels = random.Random(4).sample(range(10_000), 200)
+  edges = [(labels[i], labels[i + 1]) for i in range(199)]
+  with pytest.raises(Exception, match="did not converge"):
+    run_beam(lambda p: {"leaves": p | beam.Create(edges) | dedup.ConnectedComponents(rounds=1)}, tmp_path)

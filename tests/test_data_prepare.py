@@ -1,0 +1,115 @@
+"""Tokenize-once shards (issue 3): manifest, resume, hash check, equivalence."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from maxlm import data
+from maxlm.data import pipeline
+from maxlm.data import prepare as prepare_lib
+from maxlm.data import tokenizer as tokenizer_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_config():
+  c = data.default_data_config()
+  c.sources.shakespeare.max_docs = 25
+  c.sources.stdlib.max_docs = 25
+  c.tokenizer.train_chars = 150_000
+  c.heldout_fraction = 0.1
+  c.num_packing_bins = 4
+  c.read_threads = 1
+  return c
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+  root = tmp_path_factory.mktemp("prep")
+  tok = data.build_tokenizer(small_config(), str(root))
+  out = str(root / "shards")
+  manifest = prepare_lib.prepare(small_config(), tok, out, docs_per_shard=8, progress=False)
+  return tok, out, manifest
+
+
+def test_manifest_counts_documents_and_tokens(prepared):
+  tok, out, manifest = prepared
+  sp = tokenizer_lib.load(tok)
+  assert manifest["tokenizer_sha256"] == tokenizer_lib.tokenizer_hash(tok)
+  assert manifest["dtype"] == "<u2"
+  for plan in pipeline.plan_sources(small_config()):
+    m = manifest["sources"][plan.name]
+    assert m["train"]["docs"] == len(plan.train) and m["heldout"]["docs"] == len(plan.heldout)
+    assert m["train"]["tokens"] == sum(len(sp.encode(t)) for t, _ in plan.train)
+    assert len(m["train"]["shards"]) == -(-len(plan.train) // 8)
+    for shard in m["train"]["shards"]:
+      assert os.path.isfile(os.path.join(out, shard))
+  assert manifest["train_tokens_per_domain"]["prose"] == manifest["sources"]["shakespeare"]["train"]["tokens"]
+  assert json.load(open(os.path.join(out, "manifest.json")))["sources"] == manifest["sources"]
+
+
+def test_training_from_shards_equals_training_from_raw_text(prepared):
+  tok, out, _ = prepared
+  raw = data.make_train_iterator(small_config(), tokenizer_path=tok, seq_len=64,
+                                 global_batch=4, seed=3)
+  c = small_config()
+  c.prepared_dir = out
+  shards = data.make_train_iterator(c, tokenizer_path=tok, seq_len=64, global_batch=4, seed=3)
+  for _ in range(5):
+    a, b = next(raw), next(shards)
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  ev_raw = data.make_eval_batches(small_config(), tokenizer_path=tok, seq_len=64, global_batch=4)
+  ev_sh = data.make_eval_batches(c, tokenizer_path=tok, seq_len=64, global_batch=4)
+  assert set(ev_raw) == set(ev_sh)
+  for dom in ev_raw:
+    for a, b in zip(ev_raw[dom], ev_sh[dom]):
+      for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_tokenizer_mismatch_stops_before_training(prepared, tmp_path):
+  _, out, _ = prepared
+  c = small_config()
+  c.tokenizer.vocab_size = 640
+  other = tokenizer_lib.train_from_config(c, str(tmp_path / "other.model"))
+  c = small_config()
+  c.prepared_dir = out
+  with pytest.raises(ValueError, match="tokenizer mismatch"):
+    data.make_train_iterator(c, tokenizer_path=other, seq_len=64, global_batch=4, seed=0)
+  with pytest.raises(ValueError, match="another tokenizer"):
+    prepare_lib.prepare(small_config(), other, out, progress=False)
+
+
+def test_prepare_resumes_without_redoing_finished_shards(prepared, tmp_path):
+  tok, _, _ = prepared
+  out = str(tmp_path / "shards")
+  prepare_lib.prepare(small_config(), tok, out, docs_per_shard=8, progress=False)
+  shard = os.path.join(out, "stdlib", "train-00001")
+  # Interrupted mid-shard: the record file may exist, its summary does not.
+  os.remove(shard + ".json")
+  before = {f: os.path.getmtime(os.path.join(out, "shakespeare", f))
+            for f in os.listdir(os.path.join(out, "shakespeare"))}
+  m = prepare_lib.prepare(small_config(), tok, out, docs_per_shard=8, progress=False)
+  assert m["last_run"]["shards_written"] == 1
+  assert os.path.isfile(shard + ".json")
+  after = {f: os.path.getmtime(os.path.join(out, "shakespeare", f)) for f in before}
+  assert before == after
+
+
+def test_cli_with_parallel_workers(prepared, tmp_path):
+  tok, _, manifest = prepared
+  out = tmp_path / "cli"
+  cmd = [sys.executable, "-m", "maxlm.data.prepare", "--config=configs/data_mixture.py",
+         f"--tokenizer={tok}", f"--out={out}", "--workers=2",
+         "--config.sources.shakespeare.max_docs=25", "--config.sources.stdlib.max_docs=25",
+         "--config.heldout_fraction=0.1"]
+  res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert res.returncode == 0, res.stderr
+  got = json.load(open(out / "manifest.json"))
+  for name in ("shakespeare", "stdlib"):
+    assert got["sources"][name]["train"]["tokens"] == manifest["sources"][name]["train"]["tokens"]
+  assert "manifest:" in res.stdout
