@@ -61,17 +61,20 @@ def get_config(arg="tiny"):
   c.launch.extra_overrides = []  # appended to every command, e.g. ["--config.eval.every=100"]
 
   if arg == "tiny":
-    # CPU miniature: byte-level vocab, 5 sizes at each of 3 budgets, each run seconds to a minute.
+    # CPU miniature: pretrain.py:tiny's 512-token vocab, 5 sizes at each of 3 budgets, each run seconds to a minute.
     c.root = "/tmp/maxlm_scaling_tiny"
-    c.budgets = [1e12, 3e12, 1e13]
+    c.budgets = [1e11, 3e11, 1e12]
     c.n_per_budget = 5
-    c.shape.vocab_size = 256
+    c.shape.vocab_size = 512  # configs/pretrain.py:tiny's vocabulary
     c.shape.aspect = 32.0
     c.shape.head_dim = 32
     c.shape.ff_multiple = 32
     c.train.seq_len = 128
     c.train.global_batch = 16
     c.launch.variant = "tiny"
+    # Seconds-long runs: no mid-run checkpoints or TensorBoard, one eval at the end.
+    c.launch.extra_overrides = ["--config.ckpt.every=1000000", "--config.monitor.tensorboard=False",
+                                "--config.train.eval_every=0"]
   elif arg == "small":
     pass  # the defaults above
   elif arg == "grid":

@@ -76,18 +76,38 @@ def test_pallas_model_matches_xla_on_packed_batch(setup):
   _assert_tree_close(got, want, 1e-5, seed)
 
 
-@pytest.mark.parametrize("legacy_mesh_context", [False, True], ids=["set_mesh", "with_mesh"])
-def test_pallas_model_sharded_on_8_devices(setup, legacy_mesh_context):
+def test_pallas_model_sharded_on_8_devices(setup):
   seed, params, batch, want = setup
   # Auto axes: the model's logical constraints place replicated inputs themselves
   # (with Explicit axes they act as asserts and the inputs would need resharding).
   mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
                        axis_types=(jax.sharding.AxisType.Auto,) * 3)
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)  # `with mesh:` is the legacy context
-    with (mesh if legacy_mesh_context else jax.set_mesh(mesh)), nn.logical_axis_rules(RULES):
-      got = _loss_grads(dataclasses.replace(CFG, attention_impl="pallas"), params, batch)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+    got = _loss_grads(dataclasses.replace(CFG, attention_impl="pallas"), params, batch)
   _assert_tree_close(got, want, 1e-5, seed)
+
+
+@pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
+@pytest.mark.parametrize("legacy_mesh_context", [False, True], ids=["set_mesh", "with_mesh"])
+def test_pallas_attention_under_a_mesh(legacy_mesh_context, axis_type):
+  """attention(impl='pallas') under jax.set_mesh or the legacy `with mesh:`: values and grads."""
+  if legacy_mesh_context and axis_type == "Explicit":
+    pytest.skip("Explicit axes need jax.set_mesh")
+  rng = np.random.default_rng()
+  q = jnp.asarray(rng.standard_normal((4, 24, 4, 16)), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((4, 24, 2, 16)), jnp.float32)
+  seg = jnp.asarray(np.sort(rng.integers(0, 3, (4, 24)), axis=1), jnp.int32)
+  loss = lambda impl: jax.jit(jax.value_and_grad(
+      lambda q, k, v: jnp.sum(jnp.sin(attention_lib.attention(q, k, v, seg, impl=impl))),
+      argnums=(0, 1, 2)))
+  want = loss("xla")(q, k, k)
+  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
+                       axis_types=(getattr(jax.sharding.AxisType, axis_type),) * 3)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # `with mesh:` is deprecated upstream
+    with (mesh if legacy_mesh_context else jax.set_mesh(mesh)), nn.logical_axis_rules(RULES):
+      got = loss("pallas")(q, k, k)
+  _assert_tree_close(got, want, 1e-5, "n/a")
 
 
 def test_sharded_specs_follow_the_rules(monkeypatch):

@@ -167,3 +167,32 @@ def test_config_errors_name_the_field(field, value, message):
   node[leaf] = value
   with pytest.raises(ValueError, match=message):
     config_lib.validate(c)
+
+
+def test_array_record_source_and_min_doc_chars(tmp_path):
+  from array_record.python import array_record_module as arm
+  w = arm.ArrayRecordWriter(str(tmp_path / "d.array_record"), "group_size:1")
+  for rec in [b"short", json.dumps({"text": "a much longer document", "q": 3}).encode(),
+              b"plain text that is long enough", b"\xff\xfe broken utf-8 but long"]:
+    w.write(rec)
+  w.close()
+  src = _src("array_record", [str(tmp_path / "*.array_record")], min_doc_chars=10)
+  errors = sources_lib.ErrorLog()
+  docs = sources_lib.load_documents(src, errors)
+  assert [d.text for d in docs] == ["a much longer document", "plain text that is long enough",
+                                    "\ufffd\ufffd broken utf-8 but long"]
+  assert docs[0].meta["q"] == 3
+  assert sum(n for (_, k), n in errors.counts.items() if k == "invalid_utf8") == 1
+
+
+def test_overlapping_sources_hold_out_the_same_documents():
+  all_code = config_lib.source(kind="python_stdlib", domain="code", max_docs=200).to_dict()
+  long_code = config_lib.source(kind="python_stdlib", domain="code", max_docs=200,
+                                min_doc_chars=5000).to_dict()
+  held = {}
+  for name, s in (("all", all_code), ("long", long_code)):
+    docs = sources_lib.load_documents(dict(s, name=name))
+    train, h = sources_lib.split_heldout(docs, 0.1)
+    held[name] = ({d.key.split(":", 1)[1] for d in h}, {d.key.split(":", 1)[1] for d in train})
+  # No document is trained on by one source and held out by the other.
+  assert not held["all"][0] & held["long"][1] and not held["long"][0] & held["all"][1]

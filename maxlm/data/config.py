@@ -36,7 +36,9 @@ def default_data_config(variant: str = "two_domains") -> ml_collections.ConfigDi
   # (jsonl/parquet column holding the text), max_docs (0 = all; caps the
   # source for tests and tiny runs), max_doc_chars (0 = off; raw documents
   # longer than this are cut at paragraph breaks, so a 200 KB play does not
-  # become one giant document), max_epochs (0 = no cap; the source leaves the
+  # become one giant document), min_doc_chars (0 = off; shorter documents
+  # are skipped: a second source over the same files with a high minimum is
+  # how a long-context stage upweights long documents), max_epochs (0 = no cap; the source leaves the
   # mix after this many passes), order_by ('' = shuffle; 'length',
   # 'similarity' or a numeric metadata field = curriculum order, see
   # ordering.py), order_desc (descending curriculum).
@@ -122,13 +124,14 @@ def default_data_config(variant: str = "two_domains") -> ml_collections.ConfigDi
 
 def source(*, kind: str, domain: str, weight: float = 1.0, paths=(),
            text_field: str = "text", max_docs: int = 0, max_doc_chars: int = 0,
-           max_epochs: int = 0, order_by: str = "",
+           min_doc_chars: int = 0, max_epochs: int = 0, order_by: str = "",
            order_desc: bool = False) -> ml_collections.ConfigDict:
   """One source entry, with every field present so overrides are checked."""
   return ml_collections.ConfigDict(dict(
       kind=kind, domain=domain, weight=float(weight), paths=tuple(paths),
       text_field=text_field, max_docs=max_docs, max_doc_chars=max_doc_chars,
-      max_epochs=max_epochs, order_by=order_by, order_desc=order_desc))
+      min_doc_chars=min_doc_chars, max_epochs=max_epochs, order_by=order_by,
+      order_desc=order_desc))
 
 
 def iter_sources(data_config) -> list[dict]:
@@ -187,7 +190,8 @@ def validate(data_config) -> None:
   if data_config.get("worker_count", 0) < 0:
     raise ValueError(f"data.worker_count={data_config.worker_count} must be >= 0")
   # Schedule stages name real sources and increase (units checked there too).
-  from maxlm.data import mixing  # pylint: disable=g-import-not-at-top  (cycle)
+  # Imported here: config files import this module and should not load grain.
+  from maxlm.data import mixing  # pylint: disable=g-import-not-at-top
   mixing.make_stages([s["weight"] for s in srcs], names, data_config.get("schedule", ()),
                      tokens_per_step=1)
 

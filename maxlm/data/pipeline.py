@@ -1,16 +1,17 @@
 """Grain input pipelines: training iterator and held-out eval batches.
 
-Per source (all Grain):
-  MapDataset.source(training documents, in curriculum order if configured)
-    [process_index::process_count]   # disjoint host shard
+Per source (all Grain), from raw text or from prepared token shards:
+  MapDataset.source(this host's document indices)  # disjoint host shard
     .shuffle(seed)                   # global shuffle, reseeded every epoch
+                                     # (skipped for a curriculum order)
     .repeat(max_epochs or forever)   # a finite repeat is the epoch cap
-    .map(Tokenize)                   # on the fly, in read threads
+    .map(Gather).map(Tokenize | DecodeRecord)   # in read threads
     .to_iter_dataset()
   -> packing.pack(...)               # FirstFit or ConcatThenSplit rows
+  [.mp_prefetch(workers)]            # optional worker processes
 Then the rows of all sources go through mixing.ScheduledMixIterDataset (token
 shares on a step schedule, reuse counts), and are batched, converted to the
-driver's dict (packing.finalize) and prefetched.
+driver's dict (packing.finalize) and prefetched by a thread.
 
 Rows are packed per source, so a row holds one domain, and mixing whole rows
 makes a source's token share its weight regardless of its document lengths.

@@ -88,6 +88,8 @@ def load_documents(src: dict, errors: ErrorLog | None = None) -> list[Document]:
     if not doc.text.strip():
       errors.add(doc.meta.get("path", doc.key), "empty_document", doc.meta.get("line"))
       continue
+    if len(doc.text) < src.get("min_doc_chars", 0):
+      continue  # a filter, not an error: e.g. a long-documents-only source
     for i, piece in enumerate(_cut(doc.text, src.get("max_doc_chars", 0))):
       docs.append(dataclasses.replace(doc, key=f"{doc.key}#{i}", text=piece))
       if src.get("max_docs") and len(docs) >= src["max_docs"]:
@@ -112,7 +114,9 @@ def split_heldout(docs: list[Document], fraction: float) -> tuple[list[Document]
   """(train, heldout) by a hash of each key; >= 1 held out when fraction > 0."""
   if fraction <= 0 or len(docs) < 2:
     return list(docs), []
-  u = [_unit_hash(d.key) for d in docs]
+  # Hash the key without its source name: two sources over the same files
+  # (e.g. all code, and long code only) hold out the same documents.
+  u = [_unit_hash(d.key.split(":", 1)[-1]) for d in docs]
   held = {i for i, x in enumerate(u) if x < fraction}
   if not held:
     held = {min(range(len(docs)), key=u.__getitem__)}

@@ -9,6 +9,10 @@ config.
 
 Logical axis names: batch, length, act_embed (activations), and for weights
 vocab, embed, heads, kv, head_dim, mlp, layers (the scanned layer axis).
+
+Generation passes an optional KV cache (maxlm/model/decode.py) through the
+same modules: the cache is an explicit pytree argument and result, never a
+flax variable collection, so the params tree and `forward` are unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from maxlm.model import attention as attention_lib
+from maxlm.model import decode as decode_lib
 from maxlm.model import rope
 from maxlm.model.config import ModelConfig
 
@@ -49,7 +54,8 @@ class Attention(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_btd, segment_ids_bt, positions_bt):
+  def __call__(self, x_btd, segment_ids_bt, positions_bt, kv=None):
+    """`kv` (decoding only): decode.LayerCache; then returns (out_btd, updated kv)."""
     cfg, dt = self.cfg, jnp.dtype(self.cfg.compute_dtype)
     D, N, K, H = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     w_q_dnh = self.param("w_q_dnh", _init(cfg, ("embed", "heads", "head_dim")), (D, N, H))
@@ -63,9 +69,13 @@ class Attention(nn.Module):
     inv_freq_h = rope.inv_frequencies(H, cfg.rope_theta, cfg.rope_scaling_dict)
     q_btnh = rope.apply_rope(q_btnh, positions_bt, inv_freq_h)
     k_btkh = rope.apply_rope(k_btkh, positions_bt, inv_freq_h)
-    out_btnh = attention_lib.attention(q_btnh, k_btkh, v_btkh, segment_ids_bt,
-                                       impl=cfg.attention_impl)
-    return jnp.einsum("btnh,nhd->btd", out_btnh, w_o_nhd.astype(dt))
+    if kv is None:
+      out_btnh = attention_lib.attention(q_btnh, k_btkh, v_btkh, segment_ids_bt,
+                                         impl=cfg.attention_impl)
+      return jnp.einsum("btnh,nhd->btd", out_btnh, w_o_nhd.astype(dt))
+    out_btnh, kv = decode_lib.cached_attention(q_btnh, k_btkh, v_btkh, segment_ids_bt, kv,
+                                               impl=cfg.attention_impl)
+    return jnp.einsum("btnh,nhd->btd", out_btnh, w_o_nhd.astype(dt)), kv
 
 
 class MLP(nn.Module):
@@ -90,14 +100,20 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_btd, segment_ids_bt, positions_bt):
+  def __call__(self, x_btd, segment_ids_bt, positions_bt, kv=None):
     cfg, dt = self.cfg, jnp.dtype(self.cfg.compute_dtype)
     x_btd = nn.with_logical_constraint(x_btd, _ACT_BTD)
     h_btd = RMSNorm(cfg.norm_eps, dt, name="attn_norm")(x_btd)
-    x_btd = x_btd + Attention(cfg, name="attn")(h_btd, segment_ids_bt, positions_bt)
+    attn = Attention(cfg, name="attn")
+    if kv is None:
+      x_btd = x_btd + attn(h_btd, segment_ids_bt, positions_bt)
+    else:
+      a_btd, kv = attn(h_btd, segment_ids_bt, positions_bt, kv)
+      x_btd = x_btd + a_btd
     h_btd = RMSNorm(cfg.norm_eps, dt, name="mlp_norm")(x_btd)
     x_btd = x_btd + MLP(cfg, name="mlp")(h_btd)
-    return nn.with_logical_constraint(x_btd, _ACT_BTD)
+    x_btd = nn.with_logical_constraint(x_btd, _ACT_BTD)
+    return x_btd if kv is None else (x_btd, kv)
 
 
 class _ScannedBlock(nn.Module):
@@ -109,6 +125,19 @@ class _ScannedBlock(nn.Module):
     return Block(self.cfg, name="block")(x_btd, segment_ids_bt, positions_bt), None
 
 
+class _CachedScannedBlock(nn.Module):
+  """Block for decoding: this layer's K/V cache is scanned in (xs) and out (ys)."""
+  cfg: ModelConfig
+  fresh: bool  # the cache is empty and this call fills it from slot 0 (prefill)
+
+  @nn.compact
+  def __call__(self, x_btd, segment_ids_bt, positions_bt, k_bskh, v_bskh, kv_segment_ids_bs,
+               index):
+    kv = decode_lib.LayerCache(k_bskh, v_bskh, kv_segment_ids_bs, index, self.fresh)
+    x_btd, kv = Block(self.cfg, name="block")(x_btd, segment_ids_bt, positions_bt, kv)
+    return x_btd, (kv.k_bskh, kv.v_bskh)
+
+
 def _remat_policy(name: str):
   return {
       "full": jax.checkpoint_policies.nothing_saveable,
@@ -118,15 +147,24 @@ def _remat_policy(name: str):
 
 
 class Transformer(nn.Module):
-  """Embedding -> L pre-norm blocks -> final RMSNorm -> LM head. Returns float32 logits."""
+  """Embedding -> L pre-norm blocks -> final RMSNorm -> LM head. Returns float32 logits.
+
+  With `cache` (a decode.Cache) it returns (logits, updated cache): the new
+  tokens' keys and values are written at cache.index and attention reads the
+  whole cache. `fresh=True` says the cache is empty (prefill), so attention
+  over the new tokens alone goes through the configured implementation.
+  """
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_bt, segment_ids_bt, positions_bt):
+  def __call__(self, tokens_bt, segment_ids_bt, positions_bt, cache=None, fresh=False):
     cfg, dt = self.cfg, jnp.dtype(self.cfg.compute_dtype)
     V, D = cfg.vocab_size, cfg.d_model
     emb_vd = self.param("embedding_vd", _init(cfg, ("vocab", "embed")), (V, D))
     x_btd = jnp.take(emb_vd, tokens_bt, axis=0).astype(dt)
+    if cache is not None:
+      x_btd, cache = self._cached_layers(x_btd, segment_ids_bt, positions_bt, cache, fresh)
+      return self._head(x_btd, emb_vd), cache
 
     block_cls = _ScannedBlock
     if cfg.remat != "none":
@@ -139,7 +177,35 @@ class Transformer(nn.Module):
     else:
       for i in range(cfg.n_layers):
         x_btd, _ = block_cls(cfg, name=f"layer_{i}")(x_btd, segment_ids_bt, positions_bt)
+    return self._head(x_btd, emb_vd)
 
+  def _cached_layers(self, x_btd, segment_ids_bt, positions_bt, cache, fresh):
+    """The L blocks with a KV cache (no remat: decoding takes no gradients)."""
+    cfg = self.cfg
+    kv_seg_bs = decode_lib.write_segment_ids(cache, segment_ids_bt)
+    if cfg.scan_layers:
+      stack = nn.scan(_CachedScannedBlock, variable_axes={"params": 0},
+                      split_rngs={"params": True},
+                      in_axes=(nn.broadcast, nn.broadcast, 0, 0, nn.broadcast, nn.broadcast),
+                      length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+      x_btd, (k_lbskh, v_lbskh) = stack(cfg, fresh, name="layers")(
+          x_btd, segment_ids_bt, positions_bt, cache.k_lbskh, cache.v_lbskh, kv_seg_bs,
+          cache.index)
+    else:
+      ks, vs = [], []
+      for i in range(cfg.n_layers):
+        x_btd, (k_bskh, v_bskh) = _CachedScannedBlock(cfg, fresh, name=f"layer_{i}")(
+            x_btd, segment_ids_bt, positions_bt, cache.k_lbskh[i], cache.v_lbskh[i], kv_seg_bs,
+            cache.index)
+        ks.append(k_bskh)
+        vs.append(v_bskh)
+      k_lbskh, v_lbskh = jnp.stack(ks), jnp.stack(vs)
+    T = segment_ids_bt.shape[1]
+    return x_btd, decode_lib.Cache(k_lbskh, v_lbskh, kv_seg_bs, cache.index + T)
+
+  def _head(self, x_btd, emb_vd):
+    cfg, dt = self.cfg, jnp.dtype(self.cfg.compute_dtype)
+    V, D = cfg.vocab_size, cfg.d_model
     x_btd = RMSNorm(cfg.norm_eps, dt, name="final_norm")(x_btd)
     if cfg.tie_embeddings:
       w_dv = emb_vd.T
@@ -189,3 +255,14 @@ def forward(model_config, params, tokens, segment_ids=None, positions=None):
 @functools.partial(jax.jit, static_argnums=0)
 def _forward(cfg: ModelConfig, params, tokens_bt, segment_ids_bt, positions_bt):
   return _module(cfg).apply({"params": params}, tokens_bt, segment_ids_bt, positions_bt)
+
+
+def forward_with_cache(model_config, params, tokens_bt, segment_ids_bt, positions_bt, cache,
+                       *, fresh: bool = False):
+  """Forward of new tokens through a KV cache (decode.Cache): (float32 logits [B, T, V], cache).
+
+  Not jitted here: generation jits prefill and the decode step around it.
+  """
+  cfg = ModelConfig.from_any(model_config)
+  return _module(cfg).apply({"params": params}, tokens_bt, segment_ids_bt, positions_bt,
+                            cache, fresh)

@@ -1,4 +1,4 @@
 """Metric writers (JSONL, TensorBoard), throughput / MFU, and plots."""
 from maxlm.monitor.writers import MetricWriter, read_jsonl
 from maxlm.monitor.throughput import peak_flops_per_device, mfu
-from maxlm.monitor.plots import plot_loss_curve
+from maxlm.monitor.plots import loss_figure, plot_loss_curve

@@ -9,6 +9,14 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 
 def plot_loss_curve(rows: list[dict], out_png: str, title: str = "") -> str:
+  """Writes loss_figure(rows) to `out_png`; returns the path."""
+  fig = loss_figure(rows, title)
+  fig.savefig(out_png, dpi=120)
+  plt.close(fig)
+  return out_png
+
+
+def loss_figure(rows: list[dict], title: str = ""):
   """Train loss (and per-domain train / eval losses when present) against step."""
   fig, ax = plt.subplots(figsize=(7, 4))
   train = [r for r in rows if "loss" in r]
@@ -23,6 +31,4 @@ def plot_loss_curve(rows: list[dict], out_png: str, title: str = "") -> str:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(out_png, dpi=120)
-  plt.close(fig)
-  return out_png
+  return fig

@@ -1,0 +1,136 @@
+"""End-to-end runs of the training driver on the tiny config and real text.
+
+Kill-and-resume is checked three ways: a SIGTERM (preemption) mid-run, a
+SIGKILL of a subprocess (resume from the last periodic checkpoint), and a
+corrupted newest checkpoint (fall back to the previous one).
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import tiny_test_config
+from maxlm.monitor import read_jsonl
+from maxlm.train.driver import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _losses(workdir):
+  """step -> loss, the last logged value winning (a resumed run re-logs steps)."""
+  return {r["step"]: r["loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+          if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, tokenizer_path):
+  workdir = str(tmp_path_factory.mktemp("ref"))
+  summary = train(tiny_test_config(**{"data.tokenizer.path": tokenizer_path}), workdir)
+  return workdir, summary
+
+
+@pytest.mark.slow
+def test_tiny_config_trains_and_loss_falls(tmp_path, tokenizer_path):
+  cfg = tiny_test_config(**{"data.tokenizer.path": tokenizer_path, "train.steps": 40,
+                            "ckpt.export_params": True, "monitor.plot": True,
+                            "train.log_every": 5})
+  summary = train(cfg, str(tmp_path))
+  losses = _losses(str(tmp_path))
+  assert np.isfinite(list(losses.values())).all()
+  assert losses[40] < losses[5] - 0.5, losses  # starts near ln(512) = 6.24
+  assert os.path.exists(tmp_path / "loss.png") and os.path.isdir(tmp_path / "params")
+  done = json.loads((tmp_path / "done.json").read_text())
+  assert done["step"] == 40 and done["tokens_seen"] == 40 * 8 * 64
+  assert set(k for k in summary if k.startswith("eval/")) == {
+      "eval/code/loss", "eval/code/ppl", "eval/prose/loss", "eval/prose/ppl"}
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_resume_is_bit_identical(tmp_path, tokenizer_path, reference_run):
+  ref_dir, _ = reference_run
+  cfg = tiny_test_config(**{"data.tokenizer.path": tokenizer_path})
+  metrics = os.path.join(tmp_path, "metrics.jsonl")
+
+  def preempt_after_step_6():
+    while not (os.path.exists(metrics) and max(_losses(str(tmp_path)) or [0]) >= 6):
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  t = threading.Thread(target=preempt_after_step_6, daemon=True)
+  t.start()
+  first = train(cfg, str(tmp_path))
+  t.join()
+  assert first["preempted"] and 6 <= first["step"] < 12
+  assert not os.path.exists(tmp_path / "done.json")
+  # The preemption save is at the step it stopped, not only at the interval (4, 8).
+  assert first["step"] in [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
+  second = train(cfg, str(tmp_path))
+  assert second["step"] == 12 and not second["preempted"]
+  assert _losses(str(tmp_path)) == _losses(ref_dir)  # exact equality, every step
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_reproduces_the_loss_curve(tmp_path, tokenizer_path, reference_run):
+  ref_dir, _ = reference_run
+  overrides = [f"--config.data.tokenizer.path={tokenizer_path}"]
+  # The same config as tiny_test_config, spelled as command-line overrides.
+  cfg = tiny_test_config()
+  for key in ("data.seq_len", "data.tokenizer.train_chars", "data.eval_batches",
+              "train.global_batch", "train.steps", "train.log_every", "train.eval_every",
+              "optim.schedule.warmup_steps", "ckpt.every", "ckpt.async_save",
+              "ckpt.export_params", "monitor.tensorboard", "monitor.plot", "monitor.progress"):
+    node = cfg
+    for part in key.split("."):
+      node = node[part]
+    overrides.append(f"--config.{key}={node}")
+  cmd = [sys.executable, "-m", "maxlm.train", "--config=configs/pretrain.py:tiny",
+         f"--workdir={tmp_path}"] + overrides
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  ckpt_dir = tmp_path / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline:  # kill once step 8's checkpoint is committed
+    if (ckpt_dir / "8").is_dir() or proc.poll() is not None:
+      break
+    time.sleep(0.05)
+  proc.kill()
+  proc.wait()
+  assert not os.path.exists(tmp_path / "done.json"), "the run finished before it was killed"
+  rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "resumed from step" in rerun.stderr
+  assert _losses(str(tmp_path)) == _losses(ref_dir)
+
+
+def test_corrupted_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
+  import grain
+  import jax
+  import jax.numpy as jnp
+  from maxlm.checkpoint import Checkpointer
+  it = iter(grain.MapDataset.range(100).to_iter_dataset())
+  ckpt = Checkpointer(str(tmp_path), every=1, keep=5, async_save=False)
+  states = {}
+  for step in (1, 2):
+    next(it)
+    states[step] = {"w": jnp.full((4,), float(step)), "step": jnp.asarray(step)}
+    ckpt.save(step, states[step], it)
+  ckpt.wait()
+  # Damage every array file of the newest step (a truncated write on a flaky disk).
+  for root, _, files in os.walk(tmp_path / "2" / "state"):
+    for f in files:
+      if "manifest" in f or f.startswith("d") or f.endswith(".zarray") or "ocdbt" in root:
+        with open(os.path.join(root, f), "wb") as fh:
+          fh.write(b"\0garbage")
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), states[1])
+  it2 = iter(grain.MapDataset.range(100).to_iter_dataset())
+  with caplog.at_level("WARNING"):
+    state, step = Checkpointer(str(tmp_path), every=1, keep=5).restore_latest(target, it2)
+  assert step == 1
+  np.testing.assert_array_equal(np.asarray(state["w"]), np.full((4,), 1.0))
+  assert next(it2) == 1  # the data iterator resumed after the one element step 1 had used
+  assert any("unreadable" in r.message for r in caplog.records)
