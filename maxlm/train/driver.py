@@ -204,6 +204,8 @@ def train(config, workdir: str) -> dict:
       last.update(final_eval)
       ckpt.save(step, state, train_iter, force=True)
   ckpt.close()
+  if hasattr(train_iter, "close"):  # stops Grain's prefetch threads before interpreter exit
+    train_iter.close()
   if bar is not None:
     bar.close()
   writer.close()
