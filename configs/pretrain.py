@@ -122,6 +122,13 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.train.log_every = 10  # steps between metric lines
   c.train.eval_every = 100  # steps between held-out evaluations (0 = only at the end)
 
+  # Stage chaining (maxlm/train/stages.py): where this run starts from.
+  c.init = ml_collections.ConfigDict()
+  c.init.from_checkpoint = ""  # '' = from scratch; a maxlm workdir, <workdir>/checkpoints/<n>, or an HF dir
+  c.init.carry = "params"  # params: fresh optimizer and schedule | full: optimizer moments too
+  c.init.lr_from_parent = ""  # '' = optim.peak_lr | final: the parent's last LR | peak: its peak LR
+  c.init.lr_scale = 1.0  # multiplies the parent's LR (continued pretraining re-warms to a fraction)
+
   c.ckpt = ml_collections.ConfigDict()
   c.ckpt.every = 50 if local else 1000  # steps between saves
   c.ckpt.keep = 3  # newest checkpoints kept

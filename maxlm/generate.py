@@ -205,23 +205,40 @@ class Tokenizer:
     if path.endswith(".json"):
       from tokenizers import Tokenizer as HFTokenizer  # pylint: disable=g-import-not-at-top
       self._hf = HFTokenizer.from_file(path)
-      self._sp = None
+      self.sp = None
       self.vocab_size = self._hf.get_vocab_size()
+      self._specials = {t.content for t in self._hf.get_added_tokens_decoder().values()
+                        if t.special}
       self.bos_id, self.eos_id = -1, -1
     else:
       from maxlm.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
-      self._sp, self._hf = tok_lib.load(path), None
-      self.vocab_size = self._sp.vocab_size()
-      self.bos_id, self.eos_id = self._sp.bos_id(), self._sp.eos_id()
+      self.sp, self._hf = tok_lib.load(path), None
+      self.vocab_size = self.sp.vocab_size()
+      self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
 
   def encode(self, text: str) -> list[int]:
-    if self._sp is not None:
-      return list(self._sp.encode(text))
+    if self.sp is not None:
+      return list(self.sp.encode(text))
     return list(self._hf.encode(text, add_special_tokens=False).ids)
 
   def decode(self, ids: Sequence[int]) -> str:
     ids = [int(i) for i in ids]
-    return self._sp.decode(ids) if self._sp is not None else self._hf.decode(ids)
+    return self.sp.decode(ids) if self.sp is not None else self._hf.decode(ids)
+
+  def token_bytes(self) -> list[int]:
+    """UTF-8 bytes per id for an HF tokenizer (SentencePiece: see eval.perplexity).
+
+    Byte-level BPE pieces that are parts of one character decode to U+FFFD
+    and are counted as 1 byte each: approximate for such pieces only.
+    """
+    out = []
+    for i in range(self.vocab_size):
+      if self._hf.id_to_token(i) in self._specials:
+        out.append(0)
+        continue
+      text = self._hf.decode([i])
+      out.append(1 if text == "\ufffd" else len(text.encode()))
+    return out
 
 
 def _hf_special_ids(hf_dir: str, tok: Tokenizer) -> None:

@@ -18,10 +18,17 @@ def _cfg(**kw):
   return ModelConfig(**base)
 
 
+_PARAMS = {}
+
+
 def _params(cfg, seed=0):
   # Larger weights than init_std so the greedy path is not a constant token.
-  p = init_params(cfg, jax.random.PRNGKey(seed))
-  return jax.tree.map(lambda w: w * 10 if w.ndim >= 2 else w, p)
+  # Cached: an eager init costs seconds on a busy CPU.
+  key = (cfg.scan_layers, seed)
+  if key not in _PARAMS:
+    p = jax.jit(init_params, static_argnums=0)(cfg, jax.random.PRNGKey(seed))
+    _PARAMS[key] = jax.tree.map(lambda w: w * 10 if w.ndim >= 2 else w, p)
+  return _PARAMS[key]
 
 
 @pytest.mark.parametrize("scan_layers", [True, False])
@@ -52,15 +59,15 @@ def test_greedy_cache_equals_full_forward(scan_layers):
 def test_chunked_extend_matches_forward():
   # A non-fresh call with T > 1 (e.g. a second prompt chunk) through the cache.
   cfg = _cfg()
-  params = _params(cfg, 1)
+  params = _params(cfg)
   toks = jax.random.randint(jax.random.PRNGKey(2), (2, 12), 0, 128)
   full = forward(cfg, params, toks)
   pos = jnp.broadcast_to(jnp.arange(12), (2, 12))
   seg = jnp.ones((2, 12), jnp.int32)
   cache = decode_lib.init_cache(cfg, 2, 16)
-  a, cache = forward_with_cache(cfg, params, toks[:, :5], seg[:, :5], pos[:, :5], cache,
-                                fresh=True)
-  b, cache = forward_with_cache(cfg, params, toks[:, 5:], seg[:, 5:], pos[:, 5:], cache)
+  step = jax.jit(forward_with_cache, static_argnums=0, static_argnames="fresh")
+  a, cache = step(cfg, params, toks[:, :5], seg[:, :5], pos[:, :5], cache, fresh=True)
+  b, cache = step(cfg, params, toks[:, 5:], seg[:, 5:], pos[:, 5:], cache)
   np.testing.assert_allclose(np.concatenate([a, b], 1), full, atol=1e-5, rtol=0)
   assert int(cache.index) == 12
 
@@ -97,4 +104,4 @@ def test_sampling_filters():
 def test_empty_prompt_is_an_error():
   cfg = _cfg()
   with pytest.raises(ValueError, match="prompt 1 is empty"):
-    generate_ids(cfg, _params(cfg), [[1], []], max_new_tokens=2)
+    generate_ids(cfg, None, [[1], []], max_new_tokens=2)

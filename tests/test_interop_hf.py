@@ -212,11 +212,11 @@ def test_compatible_mistral_and_qwen2_configs_accepted():
 
 
 def test_unimplemented_rope_type_fails_at_import():
-  llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
-            "rope_theta": 500000.0}
-  with pytest.raises(NotImplementedError, match="llama3"):
-    model_config_from_hf(_hf_dict(rope_parameters=llama3))
+  # longrope (Phi-3) is a real HF rope type that maxlm does not implement.
+  longrope = {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
+              "original_max_position_embeddings": 4096, "rope_theta": 10000.0}
+  with pytest.raises(NotImplementedError, match="longrope"):
+    model_config_from_hf(_hf_dict(rope_parameters=longrope))
 
 
 def test_overrides(tmp_path):

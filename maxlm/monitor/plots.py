@@ -1,24 +1,24 @@
-"""Loss-curve plots from metrics.jsonl (matplotlib, Agg backend: works headless)."""
+"""Loss-curve plots from metrics.jsonl.
+
+Figures are built with matplotlib's object API (`Figure`, no pyplot), so the
+library works headless and never changes the backend a notebook chose.
+"""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib.figure import Figure
 
 
 def plot_loss_curve(rows: list[dict], out_png: str, title: str = "") -> str:
   """Writes loss_figure(rows) to `out_png`; returns the path."""
-  fig = loss_figure(rows, title)
-  fig.savefig(out_png, dpi=120)
-  plt.close(fig)
+  loss_figure(rows, title).savefig(out_png, dpi=120)
   return out_png
 
 
 def loss_figure(rows: list[dict], title: str = ""):
   """Train loss (and per-domain train / eval losses when present) against step."""
-  fig, ax = plt.subplots(figsize=(7, 4))
+  fig = Figure(figsize=(7, 4))
+  ax = fig.add_subplot()
   train = [r for r in rows if "loss" in r]
   ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", lw=2)
   keys = sorted({k for r in rows for k in r if k.startswith(("train/", "eval/")) and k.endswith("/loss")})

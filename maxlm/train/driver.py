@@ -26,6 +26,7 @@ from maxlm.model import ModelConfig, flops_per_token
 from maxlm.monitor import MetricWriter, mfu, plot_loss_curve, read_jsonl
 from maxlm.optim import make_optimizer
 from maxlm.sharding import batch_sharding, host_batch_to_global, make_mesh
+from maxlm.train import stages
 from maxlm.train.state import abstract_state, create_state, state_shardings
 from maxlm.train.step import eval_step, train_step
 from maxlm.train.validate import validate_config
@@ -135,23 +136,46 @@ def train(config, workdir: str) -> dict:
       process_count=jax.process_count())
 
   # ------------------------------------------------------------------ state
-  tx, schedule = make_optimizer(total_steps=t_cfg.steps, **config.optim)
+  # Stage chaining (maxlm/train/stages.py): config.init names a parent run or HF
+  # checkpoint; it is read only when this run has no checkpoint of its own.
+  parent = stages.resolve_parent(config.get("init"))
+  if parent is not None:
+    stages.check_compatible(parent, model_cfg, tokenizer_path)
+  tx, schedule = make_optimizer(total_steps=t_cfg.steps,
+                                **stages.optim_kwargs(config.optim, config.get("init"), parent))
   shardings = state_shardings(model_cfg, tx, mesh, rules)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=config.ckpt.every,
                       keep=config.ckpt.keep, async_save=config.ckpt.async_save)
-  state, start_step = ckpt.restore_latest(
-      abstract_state(model_cfg, tx, t_cfg.seed, shardings), train_iter)
-  if state is None:
+  abstract = abstract_state(model_cfg, tx, t_cfg.seed, shardings)
+  state, start_step = ckpt.restore_latest(abstract, train_iter)
+  if state is None and parent is not None:
+    state = stages.init_from_parent(
+        parent, abstract, lambda: create_state(model_cfg, tx, t_cfg.seed, shardings), model_cfg)
+    start_step = 0
+    log.info("initialised from %s (%s, carry=%s, parent step %s)", parent.source, parent.kind,
+             parent.carry, parent.step)
+  elif state is None:
     state, start_step = create_state(model_cfg, tx, t_cfg.seed, shardings), 0
     log.info("initialised %s params", f"{model_cfg.param_counts()['total']:,}")
   else:
     log.info("resumed from step %d", start_step)
+  if is_main:
+    stages.write_manifest(workdir, config, parent, step=start_step, status="running")
 
   # ------------------------------------------------------------------ step
-  step_fn = jax.jit(
-      functools.partial(train_step, model_config=model_cfg, tx=tx, schedule=schedule,
-                        microbatches=t_cfg.microbatches, num_domains=len(domains), rules=rules),
-      in_shardings=(shardings, batch_sh), out_shardings=(shardings, None), donate_argnums=0)
+  if config.get("distill") and config.distill.teacher:
+    # --- distillation (maxlm/distill, issue 5): the teacher's forward runs inside the jitted step.
+    from maxlm.distill import make_distill_step  # pylint: disable=g-import-not-at-top
+    step_fn = make_distill_step(
+        config.distill, model_config=model_cfg, tx=tx, schedule=schedule,
+        microbatches=t_cfg.microbatches, num_domains=len(domains), total_steps=t_cfg.steps,
+        rules=rules, mesh=mesh, shardings=shardings, batch_sh=batch_sh,
+        tokenizer_path=tokenizer_path)
+  else:
+    step_fn = jax.jit(
+        functools.partial(train_step, model_config=model_cfg, tx=tx, schedule=schedule,
+                          microbatches=t_cfg.microbatches, num_domains=len(domains), rules=rules),
+        in_shardings=(shardings, batch_sh), out_shardings=(shardings, None), donate_argnums=0)
   eval_fn = jax.jit(functools.partial(eval_step, model_config=model_cfg,
                                       num_domains=len(domains), rules=rules),
                     in_shardings=(shardings["params"], batch_sh))
@@ -220,4 +244,7 @@ def train(config, workdir: str) -> dict:
                       title=f"{os.path.basename(workdir)}")
     with open(os.path.join(workdir, "done.json"), "w") as f:
       json.dump(summary, f, indent=2)
+  if is_main:
+    stages.write_manifest(workdir, config, parent, step=step,
+                          status="done" if finished else "preempted")
   return summary

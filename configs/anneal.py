@@ -1,0 +1,61 @@
+r"""Annealing: the learning rate from the parent's current value down to zero,
+while the data mixture moves to the high-quality sources.
+
+  python -m maxlm.train.stages --config=configs/anneal.py:tiny,parent=/tmp/maxlm_tiny \
+      --workdir=/tmp/maxlm_anneal
+
+(`python -m maxlm.train` runs the same stage; `maxlm.train.stages` also writes
+domain_losses.json: per-domain held-out loss of the parent and of the result.)
+
+Llama 3 annealed on a high-quality mix over its last 40M tokens with the LR
+going linearly to 0 (Dubey et al. 2024, section 3.1.3); MiniCPM's WSD decay
+(Hu et al. 2024) is the same idea. `arg`: a pretrain size (tiny | 10m | ...),
+`runlocal`, `parent=<workdir>`, `shape=linear|1-sqrt|cosine` (decay shape),
+`steps=<n>`. The parent's optimizer moments are carried (carry='full'), its
+rate is read from its config (init.lr_from_parent='final').
+"""
+
+import importlib.util
+import os
+
+
+def _pretrain():
+  spec = importlib.util.spec_from_file_location(
+      "maxlm_configs_pretrain", os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def get_config(arg: str = "tiny"):
+  pretrain = _pretrain()
+  opts = pretrain._parse(arg)  # pylint: disable=protected-access
+  local = bool(opts["runlocal"]) or opts["size"] == "tiny"
+  c = pretrain.get_config(arg)
+
+  c.init.from_checkpoint = opts.get("parent", "")
+  c.init.carry = "full"  # keep Adam's moments: no fresh-optimizer transient at a high LR
+  c.init.lr_from_parent = "final"  # start where the parent's schedule stopped
+  if c.init.from_checkpoint:
+    c.data.tokenizer.path = os.path.join(c.init.from_checkpoint, "tokenizer", "tokenizer.model")
+
+  # WSD's decay phase on its own: no warmup, no stable part, decay over the whole stage.
+  c.optim.schedule.name = "wsd"
+  c.optim.schedule.warmup_steps = 0
+  c.optim.schedule.decay_fraction = 1.0
+  c.optim.schedule.min_lr_ratio = 0.0  # to zero
+  c.optim.schedule.decay_shape = opts.get("shape", "linear")  # linear (Llama 3) | 1-sqrt (WSD)
+  c.train.steps = int(opts.get("steps", 40 if local else 10_000))  # ~10% of the pretraining steps
+  c.train.eval_every = 0
+
+  # High-quality source: the Python reference manual ('docs'), curated prose
+  # about code. The mix ramps from the parent's to the anneal mix over the
+  # first quarter of the stage (a data.schedule stage, resumable exactly).
+  c.data.sources.pydocs = c.data.sources.shakespeare.copy_and_resolve_references()
+  c.data.sources.pydocs.kind = "python_docs"
+  c.data.sources.pydocs.domain = "docs"
+  c.data.sources.pydocs.weight = 0.0  # absent at the start, like in the parent
+  c.data.sources.pydocs.max_doc_chars = 8_000
+  c.data.schedule = (dict(start=max(1, c.train.steps // 4), transition="linear",
+                          weights=dict(pydocs=0.6, shakespeare=0.2, stdlib=0.2)),)
+  return c

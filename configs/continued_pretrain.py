@@ -1,0 +1,77 @@
+r"""Continued pretraining: adapt a base model to a domain without forgetting.
+
+  python -m maxlm.train.stages --config=configs/continued_pretrain.py:tiny,parent=/tmp/maxlm_tiny \
+      --workdir=/tmp/maxlm_cpt
+
+`parent` is a maxlm workdir or a Hugging Face Llama-family directory (then the
+model shape and tokenizer come from it). The recipe of Gupta et al. 2023 and
+Ibrahim et al. 2024 ("Simple and Scalable Strategies to Continually Pre-train
+LLMs"): params only (fresh optimizer), re-warm to a fraction of the original
+peak learning rate and decay again, and replay a little general data
+(90% domain / 10% replay) against forgetting. `python -m maxlm.train.stages`
+then writes domain_losses.json and forgetting.png: general-domain and domain
+held-out loss over the run, side by side.
+
+`arg`: a pretrain size, `runlocal`, `parent=<dir>`, `domain=code|prose`
+(which of the two tiny domains is "the domain"; the other is replayed),
+`replay=<fraction>`, `lr_scale=<fraction of the parent's peak>`.
+"""
+
+import importlib.util
+import json
+import os
+
+
+def _pretrain():
+  spec = importlib.util.spec_from_file_location(
+      "maxlm_configs_pretrain", os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def _is_hf(path: str) -> bool:
+  cfg = os.path.join(path, "config.json")
+  if not path or not os.path.isfile(cfg) or os.path.isdir(os.path.join(path, "checkpoints")):
+    return False
+  with open(cfg) as f:
+    return "model_type" in json.load(f)
+
+
+def get_config(arg: str = "tiny"):
+  pretrain = _pretrain()
+  opts = pretrain._parse(arg)  # pylint: disable=protected-access
+  local = bool(opts["runlocal"]) or opts["size"] == "tiny"
+  c = pretrain.get_config(arg)
+  parent = opts.get("parent", "")
+
+  c.init.from_checkpoint = parent
+  c.init.carry = "params"  # a fresh optimizer: the new data's gradient statistics differ
+  c.init.lr_from_parent = "peak"
+  c.init.lr_scale = float(opts.get("lr_scale", 0.5))  # re-warm to half the original peak
+  if _is_hf(parent):
+    from maxlm.interop.hf import model_config_from_hf  # pylint: disable=g-import-not-at-top
+    with open(os.path.join(parent, "config.json")) as f:
+      hf = model_config_from_hf(json.load(f))
+    for k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+              "rope_theta", "norm_eps", "tie_embeddings"):
+      c.model[k] = getattr(hf, k)
+    c.model.rope_scaling = hf.rope_scaling_dict
+    c.init.lr_from_parent = ""  # an HF dir has no schedule to read: optim.peak_lr applies
+    c.optim.peak_lr = c.optim.peak_lr * c.init.lr_scale
+    c.data.tokenizer.path = os.path.join(parent, "tokenizer.model")
+  elif parent:
+    c.data.tokenizer.path = os.path.join(parent, "tokenizer", "tokenizer.model")
+
+  # Re-warm then cosine decay over this stage.
+  c.optim.schedule.name = "cosine"
+  c.optim.schedule.warmup_steps = 5 if local else 1000
+  c.train.steps = int(opts.get("steps", 60 if local else 20_000))
+  c.train.eval_every = 10 if local else 1000  # the forgetting curve's resolution
+
+  # 90/10 domain / replay.
+  replay = float(opts.get("replay", 0.1))
+  domain_source = {"code": "stdlib", "prose": "shakespeare"}[opts.get("domain", "code")]
+  for name in c.data.sources:
+    c.data.sources[name].weight = 1.0 - replay if name == domain_source else replay
+  return c

@@ -1,0 +1,99 @@
+r"""Long-context extension: RoPE scaling and a progressive length schedule.
+
+  python -m maxlm.train.stages --config=configs/long_context.py:tiny,parent=/tmp/maxlm_tiny \
+      --workdir=/tmp/maxlm_long
+  python -m maxlm.eval.needle --checkpoint=/tmp/maxlm_long/len_512 --lengths=128,256,512
+
+Each entry of `length_schedule` is a sub-stage in its own sub-workdir
+(<workdir>/len_<seq_len>) started from the previous one (maxlm.train.stages.
+run_stages): sequence length grows, global_batch = train.tokens_per_step /
+seq_len keeps the tokens per step constant (Llama 3.1 grew 8K -> 128K in six
+steps, Qwen2 4K -> 32K). The data mix upweights long documents: a second
+view of the prose with min_doc_chars set is ramped in by data.schedule.
+
+`arg`: a pretrain size, `runlocal`, `parent=<workdir>`, `orig=<the parent's
+seq_len>`, `rope=yarn|llama3|linear|dynamic|theta` (theta = default RoPE with
+a larger base, "ABF", Xiong et al. 2023), `lengths=256/512` (slash-separated),
+`steps=<per sub-stage>`.
+
+Memory: `1b` at 32K uses remat='full' and the Pallas attention kernel; what
+fits on one 80 GB GPU is to be measured and written in BENCHMARKS.md (not yet
+measured: no GPU was lent to the session that wrote this).
+"""
+
+import importlib.util
+import os
+
+
+def _pretrain():
+  spec = importlib.util.spec_from_file_location(
+      "maxlm_configs_pretrain", os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def rope_scaling(kind: str, factor: float, original: int, theta: float):
+  """(rope_theta, rope_scaling) for a context `factor` times `original` (HF's definitions)."""
+  target = int(original * factor)
+  if kind == "theta":
+    return theta * factor ** 2, None  # a crude ABF rule: base grows with the square of the factor
+  if kind == "linear":
+    return theta, dict(rope_type="linear", factor=factor)
+  if kind == "dynamic":
+    return theta, dict(rope_type="dynamic", factor=factor, max_position_embeddings=original)
+  if kind == "yarn":
+    return theta, dict(rope_type="yarn", factor=factor, original_max_position_embeddings=original,
+                       max_position_embeddings=target)
+  if kind == "llama3":
+    return theta, dict(rope_type="llama3", factor=factor, low_freq_factor=1.0,
+                       high_freq_factor=4.0, original_max_position_embeddings=original)
+  raise ValueError(f"configs/long_context.py: rope={kind!r}; one of theta, linear, dynamic, yarn,"
+                   " llama3")
+
+
+def get_config(arg: str = "tiny"):
+  pretrain = _pretrain()
+  opts = pretrain._parse(arg)  # pylint: disable=protected-access
+  local = bool(opts["runlocal"]) or opts["size"] == "tiny"
+  c = pretrain.get_config(arg)
+  parent = opts.get("parent", "")
+  original = int(opts.get("orig", c.data.seq_len))
+  default_lengths = "256/512" if local else "8192/16384/32768"
+  lengths = [int(x) for x in opts.get("lengths", default_lengths).split("/")]
+  steps = int(opts.get("steps", 20 if local else 2000))
+
+  c.init.from_checkpoint = parent
+  c.init.carry = "params"
+  c.init.lr_from_parent = "peak"  # constant at a fraction of the parent's peak
+  c.init.lr_scale = 0.3
+  if parent:
+    c.data.tokenizer.path = os.path.join(parent, "tokenizer", "tokenizer.model")
+
+  theta, scaling = rope_scaling(opts.get("rope", "yarn"), lengths[-1] / original, original,
+                                c.model.rope_theta)
+  c.model.rope_theta = theta
+  c.model.rope_scaling = scaling
+  if not local:
+    c.model.remat = "full"  # activations of a 32K row do not fit otherwise
+    c.model.attention_impl = "pallas"  # no [T, S] score matrix in memory
+
+  c.optim.schedule.name = "constant"
+  c.optim.schedule.warmup_steps = 2 if local else 200
+  # Tokens per optimizer step, kept constant across sub-stages.
+  c.train.tokens_per_step = c.train.global_batch * c.data.seq_len
+  c.length_schedule = tuple(dict(seq_len=n, steps=steps) for n in lengths)
+  c.data.seq_len = lengths[0]
+  c.train.global_batch = c.train.tokens_per_step // lengths[0]
+  c.train.steps = steps
+  c.train.eval_every = 0
+
+  # Long documents upweighted: prose documents of >= 4 rows' worth of
+  # characters (~4 chars per token) ramp to half the mix.
+  c.data.sources.long_prose = c.data.sources.shakespeare.copy_and_resolve_references()
+  c.data.sources.long_prose.max_doc_chars = 0  # whole plays: the long documents
+  c.data.sources.long_prose.min_doc_chars = 4 * 4 * lengths[0]
+  c.data.sources.long_prose.weight = 0.0
+  c.data.schedule = (dict(start=max(1, steps // 2), transition="linear",
+                          weights=dict(long_prose=0.5, shakespeare=0.2, stdlib=0.3)),)
+  return c

@@ -1,0 +1,121 @@
+"""Batched log-prob scoring of continuations: the kernel of probes, perplexity and lm-eval.
+
+A request is (context ids, continuation ids); its score is the log-prob of
+every continuation token given everything before it, with each token's rank
+(1 = the model's top choice) and whether greedy decoding would produce the
+whole continuation. Requests are sorted by length, right-padded to a few
+bucket lengths (so few shapes compile) and run in batches through the jitted
+forward; log-softmax, gather and ranks happen on the device, so only [B, T]
+arrays come back, never [B, T, V] logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from maxlm.model import ModelConfig, forward
+
+
+@dataclasses.dataclass
+class Score:
+  logprobs: np.ndarray  # [C] float64: log p(token_i | everything before)
+  ranks: np.ndarray  # [C] int: 1 + number of vocab entries scored strictly higher
+  greedy: bool  # every continuation token is the argmax
+
+  @property
+  def total(self) -> float:
+    return float(self.logprobs.sum())
+
+  @property
+  def mean(self) -> float:
+    return float(self.logprobs.mean()) if len(self.logprobs) else 0.0
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _token_stats(cfg: ModelConfig, params, inputs_bt, targets_bt, segment_ids_bt):
+  logits_btv = forward(cfg, params, inputs_bt, segment_ids_bt)
+  logp_btv = jax.nn.log_softmax(logits_btv, axis=-1)
+  logp_bt = jnp.take_along_axis(logp_btv, targets_bt[..., None], axis=-1)[..., 0]
+  tgt_logit_bt1 = jnp.take_along_axis(logits_btv, targets_bt[..., None], axis=-1)
+  rank_bt = 1 + jnp.sum(logits_btv > tgt_logit_bt1, axis=-1)
+  return logp_bt, rank_bt
+
+
+def bucket_length(n: int, min_bucket: int = 32) -> int:
+  """The next power of two >= n (at least min_bucket): few distinct shapes."""
+  b = min_bucket
+  while b < n:
+    b *= 2
+  return b
+
+
+def score_continuations(model_config, params, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+                        *, batch_size: int = 8, max_len: int | None = None,
+                        truncate: bool = False) -> list[Score]:
+  """Scores (context, continuation) id pairs; results in the order of `requests`.
+
+  The model sees context + continuation[:-1] (at most `max_len` tokens). A
+  longer request raises, or with `truncate` loses context from the left (as
+  lm-eval does). The context must hold at least one token (e.g. BOS).
+  """
+  cfg = ModelConfig.from_any(model_config)
+  rows = []
+  for i, (ctx, cont) in enumerate(requests):
+    ctx, cont = list(ctx), list(cont)
+    if not cont:
+      raise ValueError(f"request {i}: the continuation is empty (nothing to score)")
+    if not ctx:
+      raise ValueError(f"request {i}: the context is empty; start it with BOS")
+    ids = ctx + cont
+    if max_len is not None and len(ids) - 1 > max_len:
+      if not truncate:
+        raise ValueError(f"request {i}: {len(ids) - 1} tokens exceed the context of {max_len}")
+      if len(cont) > max_len:
+        raise ValueError(f"request {i}: the continuation alone has {len(cont)} tokens, more than"
+                         f" the context of {max_len}")
+      ids = ids[-(max_len + 1):]
+    rows.append((i, ids, len(cont)))
+  # Longest first: the first batch shows at once whether memory suffices.
+  rows.sort(key=lambda r: -len(r[1]))
+  out: list[Score | None] = [None] * len(rows)
+  for start in range(0, len(rows), batch_size):
+    chunk = rows[start:start + batch_size]
+    T = bucket_length(max(len(ids) - 1 for _, ids, _ in chunk))
+    if max_len is not None:
+      T = min(T, max(max_len, max(len(ids) - 1 for _, ids, _ in chunk)))
+    B = batch_size  # a fixed batch: the last partial one compiles no new shape
+    inputs = np.zeros((B, T), np.int32)
+    targets = np.zeros((B, T), np.int32)
+    seg = np.zeros((B, T), np.int32)
+    for b, (_, ids, _) in enumerate(chunk):
+      n = len(ids) - 1
+      inputs[b, :n], targets[b, :n], seg[b, :n] = ids[:-1], ids[1:], 1
+    logp, rank = jax.device_get(_token_stats(cfg, params, inputs, targets, seg))
+    for b, (i, ids, c) in enumerate(chunk):
+      n = len(ids) - 1
+      lp, rk = logp[b, n - c:n].astype(np.float64), rank[b, n - c:n]
+      out[i] = Score(lp, rk, bool(np.all(rk == 1)))
+  return out
+
+
+def rolling_windows(ids: Sequence[int], max_len: int, prefix_id: int) -> list[tuple[list, list]]:
+  """(context, continuation) windows that score every token of `ids` exactly once.
+
+  The first window is conditioned on `prefix_id` (BOS); each later one on the
+  last token of the window before it, so windows do not overlap and a long
+  text costs len(ids) / max_len forwards. Tokens near a window start see less
+  context than in one long pass; that is the usual price (lm-eval's rolling
+  loglikelihood with context_len=1 does the same).
+  """
+  ids = list(ids)
+  out = []
+  for start in range(0, len(ids), max_len):
+    ctx = [prefix_id] if start == 0 else [ids[start - 1]]
+    out.append((ctx, ids[start:start + max_len]))
+  return out
