@@ -18,6 +18,8 @@ rate is read from its config (init.lr_from_parent='final').
 import importlib.util
 import os
 
+from maxlm.train.stages import parent_tokenizer_path
+
 
 def _pretrain():
   spec = importlib.util.spec_from_file_location(
@@ -37,7 +39,7 @@ def get_config(arg: str = "tiny"):
   c.init.carry = "full"  # keep Adam's moments: no fresh-optimizer transient at a high LR
   c.init.lr_from_parent = "final"  # start where the parent's schedule stopped
   if c.init.from_checkpoint:
-    c.data.tokenizer.path = os.path.join(c.init.from_checkpoint, "tokenizer", "tokenizer.model")
+    c.data.tokenizer.path = parent_tokenizer_path(c.init.from_checkpoint)
 
   # WSD's decay phase on its own: no warmup, no stable part, decay over the whole stage.
   c.optim.schedule.name = "wsd"

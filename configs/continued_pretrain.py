@@ -21,6 +21,8 @@ import importlib.util
 import json
 import os
 
+from maxlm.train.stages import parent_tokenizer_path
+
 
 def _pretrain():
   spec = importlib.util.spec_from_file_location(
@@ -59,9 +61,9 @@ def get_config(arg: str = "tiny"):
     c.model.rope_scaling = hf.rope_scaling_dict
     c.init.lr_from_parent = ""  # an HF dir has no schedule to read: optim.peak_lr applies
     c.optim.peak_lr = c.optim.peak_lr * c.init.lr_scale
-    c.data.tokenizer.path = os.path.join(parent, "tokenizer.model")
+    c.data.tokenizer.path = parent_tokenizer_path(parent)
   elif parent:
-    c.data.tokenizer.path = os.path.join(parent, "tokenizer", "tokenizer.model")
+    c.data.tokenizer.path = parent_tokenizer_path(parent)
 
   # Re-warm then cosine decay over this stage.
   c.optim.schedule.name = "cosine"

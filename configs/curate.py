@@ -5,11 +5,14 @@
 
 Variants (the part after ':', comma-separated):
   default   every stage: normalise, language ID, Gopher repetition + quality, C4
-            lines, FineWeb rules, exact and near dedup, decontamination
+            lines, FineWeb rules, exact and near dedup, decontamination; the
+            stages that need an input (classifier model, model_score workdir) and
+            boilerplate line removal are off until configured
   dedup     read, normalise, exact and near dedup only
   code      adds nothing; switches off the rules that reject source code (C4's
             curly bracket, terminal punctuation) -- combine: "default,code"
   runlocal  small shards and 2 workers, for tests and laptops
+  prepare   plain .jsonl shards, which `python -m maxlm.data.prepare` reads as a jsonl source
 Every threshold below is the published default; its source is on the line.
 """
 
@@ -59,9 +62,31 @@ def get_config(arg: str = "default"):
   # Penedo et al. 2024 (FineWeb), section 3.3.
   c.fineweb = dict(enabled=True, max_line_punct_frac=0.12, max_dup_line_char_frac=0.1,
                    max_short_line_frac=0.67, short_line_length=30)
-  # TODO stage: perplexity from a maxlm checkpoint through maxlm.forward; not implemented.
-  c.model_score = dict(enabled=False)
+  # fastText-style classifier (maxlm/curate/classifier.py), trained with
+  # `python -m maxlm.curate train-classifier`; off until a model is given.
+  c.classifier = dict(
+      enabled=False,
+      model="",                   # .npz written by train-classifier
+      positive_label="",          # binary models: score = P(this label); "" = "positive" (the 2nd sorted label)
+      score_field="quality_score",  # meta field; dedup keeps the highest quality_score per group
+      label_field="",             # several labels (domains): meta field for the top label, e.g. "domain"
+      min_score=0.0,              # removed below this score (rule classifier_score); 0 keeps all
+  )
+  # Mean token log-prob under a maxlm model (CCNet-style perplexity filter; maxlm/curate/modelscore.py).
+  c.model_score = dict(
+      enabled=False,
+      workdir="",                 # maxlm workdir with params/, config.json, tokenizer/
+      tokenizer="",               # "" = <workdir>/tokenizer/tokenizer.model or config's data.tokenizer.path
+      seq_len=512,                # tokens scored per document (its head)
+      batch_size=16,              # documents per forward pass (fixed shape: one compile per worker)
+      max_perplexity=0.0,         # removed above this perplexity (rule model_perplexity); 0 keeps all
+      min_tokens=1,               # documents with fewer predicted tokens are removed (model_too_short)
+      score_field="model_logprob",
+  )
   c.exact_dedup = dict(enabled=True, score_field="quality_score")
+  # Lines found in >= min_docs documents are dropped (navigation, cookie banners, footers);
+  # off by default: on small corpora 10 documents can share real text (a quoted line).
+  c.boilerplate = dict(enabled=False, min_docs=10, min_line_chars=1)
   # Lee et al. 2022 / FineWeb: MinHash over word 5-grams.
   c.near_dedup = dict(
       enabled=True,
@@ -85,6 +110,8 @@ def get_config(arg: str = "default"):
       partition_by="domain",      # meta field naming the partition (domain label)
       default_partition="default",
       rejects_keep_text=True,     # rejects carry their text, to audit the rules
+      compression="zstd",         # "zstd" (.jsonl.zst) or "none" (.jsonl: maxlm.data.prepare's jsonl source)
+      charts=True,                # PNG charts next to summary.md
   )
 
   if "dedup" in variants:
@@ -94,6 +121,8 @@ def get_config(arg: str = "default"):
     c.c4.drop_curly_bracket = False
     c.c4.enabled = False
     c.fineweb.enabled = False
+  if "prepare" in variants:
+    c.write.compression = "none"
   if "runlocal" in variants:
     c.num_workers = 2
     c.write.num_shards = 1

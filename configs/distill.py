@@ -18,6 +18,8 @@ plain next-token loss by `alpha`, optionally ramped linearly to `alpha_end`.
 import importlib.util
 import os
 
+from maxlm.train.stages import parent_tokenizer_path
+
 import ml_collections
 
 
@@ -46,7 +48,7 @@ def get_config(arg: str = "tiny"):
     c.model = pretrain.model_config(student)
   teacher = opts.get("teacher", "")
   if teacher:
-    c.data.tokenizer.path = os.path.join(teacher, "tokenizer", "tokenizer.model")
+    c.data.tokenizer.path = parent_tokenizer_path(teacher)
 
   c.distill = ml_collections.ConfigDict()
   c.distill.teacher = teacher  # maxlm workdir or HF dir; '' = plain training

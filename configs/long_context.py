@@ -24,6 +24,8 @@ measured: no GPU was lent to the session that wrote this).
 import importlib.util
 import os
 
+from maxlm.train.stages import parent_tokenizer_path
+
 
 def _pretrain():
   spec = importlib.util.spec_from_file_location(
@@ -68,7 +70,7 @@ def get_config(arg: str = "tiny"):
   c.init.lr_from_parent = "peak"  # constant at a fraction of the parent's peak
   c.init.lr_scale = 0.3
   if parent:
-    c.data.tokenizer.path = os.path.join(parent, "tokenizer", "tokenizer.model")
+    c.data.tokenizer.path = parent_tokenizer_path(parent)
 
   theta, scaling = rope_scaling(opts.get("rope", "yarn"), lengths[-1] / original, original,
                                 c.model.rope_theta)

@@ -61,20 +61,38 @@ def get_config(arg="tiny"):
   c.launch.extra_overrides = []  # appended to every command, e.g. ["--config.eval.every=100"]
 
   if arg == "tiny":
-    # CPU miniature: pretrain.py:tiny's 512-token vocab, 5 sizes at each of 3 budgets, each run seconds to a minute.
+    # CPU miniature (docs/scaling.md): 3 budgets x 4 sizes, ~10 minutes on 2 cores.
+    # Calibrated so every budget has an interior minimum. At this scale the LM
+    # head (6 V d FLOPs per token, V = 512) and attention (12 L d T) cost as
+    # much as the blocks, and each run pays ~20-30 s of start-up whatever its
+    # size, so: budgets no smaller than 1e11 (below that the smallest model
+    # always wins: every model is still data-starved); sizes centred at 60
+    # non-embedding tokens per parameter (a first sweep at 20 put the minimum
+    # below the smallest shape) over a factor 16, down to d_model = 16;
+    # aspect 16 and head_dim 16 so the shape rule can reach those sizes
+    # (at aspect 32 neighbouring targets round to the same shape); LR 1e-2
+    # (3e-3 left 250-step runs ~0.17 nats behind, which favours the small
+    # models that get more steps); batch 32 x 128 tokens halves the step count
+    # (step overhead, not FLOPs, bounds a tiny model's speed on CPU).
     c.root = "/tmp/maxlm_scaling_tiny"
     c.budgets = [1e11, 3e11, 1e12]
-    c.n_per_budget = 5
+    c.n_per_budget = 4
+    c.n_span = 16.0
+    c.tokens_per_param = 60.0
     c.shape.vocab_size = 512  # configs/pretrain.py:tiny's vocabulary
-    c.shape.aspect = 32.0
-    c.shape.head_dim = 32
-    c.shape.ff_multiple = 32
+    c.shape.aspect = 16.0
+    c.shape.head_dim = 16
+    c.shape.ff_multiple = 16
     c.train.seq_len = 128
-    c.train.global_batch = 16
+    c.train.global_batch = 32
+    c.train.peak_lr = 1e-2
     c.launch.variant = "tiny"
-    # Seconds-long runs: no mid-run checkpoints or TensorBoard, one eval at the end.
+    # Short runs: no mid-run checkpoints, TensorBoard, loss plot or params export;
+    # one eval at the end on 8 held-out batches per domain (16k tokens each), so the
+    # fit can use the held-out loss (`eval_loss`), not one noisy training batch.
     c.launch.extra_overrides = ["--config.ckpt.every=1000000", "--config.monitor.tensorboard=False",
-                                "--config.train.eval_every=0"]
+                                "--config.train.eval_every=0", "--config.ckpt.export_params=False",
+                                "--config.monitor.plot=False", "--config.data.eval_batches=8"]
   elif arg == "small":
     pass  # the defaults above
   elif arg == "grid":

@@ -87,12 +87,12 @@ def test_pallas_model_sharded_on_8_devices(setup):
   _assert_tree_close(got, want, 1e-5, seed)
 
 
-@pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
-@pytest.mark.parametrize("legacy_mesh_context", [False, True], ids=["set_mesh", "with_mesh"])
+# Explicit axes exist only under jax.set_mesh, so the legacy context is paired with Auto alone.
+@pytest.mark.parametrize("legacy_mesh_context,axis_type",
+                         [(False, "Auto"), (False, "Explicit"), (True, "Auto")],
+                         ids=["set_mesh-Auto", "set_mesh-Explicit", "with_mesh-Auto"])
 def test_pallas_attention_under_a_mesh(legacy_mesh_context, axis_type):
   """attention(impl='pallas') under jax.set_mesh or the legacy `with mesh:`: values and grads."""
-  if legacy_mesh_context and axis_type == "Explicit":
-    pytest.skip("Explicit axes need jax.set_mesh")
   rng = np.random.default_rng()
   q = jnp.asarray(rng.standard_normal((4, 24, 4, 16)), jnp.float32)
   k = jnp.asarray(rng.standard_normal((4, 24, 2, 16)), jnp.float32)
@@ -107,7 +107,8 @@ def test_pallas_attention_under_a_mesh(legacy_mesh_context, axis_type):
     warnings.simplefilter("ignore", DeprecationWarning)  # `with mesh:` is deprecated upstream
     with (mesh if legacy_mesh_context else jax.set_mesh(mesh)), nn.logical_axis_rules(RULES):
       got = loss("pallas")(q, k, k)
-  _assert_tree_close(got, want, 1e-5, "n/a")
+  # The value is a sum over 6k outputs: float32 reassociation alone reaches ~1e-5 of it.
+  _assert_tree_close(got, want, 1e-4, "n/a")
 
 
 def test_sharded_specs_follow_the_rules(monkeypatch):

@@ -97,6 +97,21 @@ def test_rollback_cap_and_no_good_checkpoint_stop():
   assert d.action == "stop" and "max_rollbacks" in d.message
 
 
+def test_late_observation_ignores_checkpoints_after_the_spike():
+  # The driver observes at log intervals: a save at 440 can precede the
+  # observation of the spike at 431; it holds the spiked update, so never use it.
+  loss, gnorm = _curve(600)
+  loss[430] += 5.0
+  mon = SpikeMonitor(SpikeConfig(good_after=20))
+  for s in range(1, 431):
+    assert mon.observe(s, loss[s - 1], gnorm[s - 1]).action == "ok"
+    if s % 20 == 0:
+      mon.saved(s)
+  mon.saved(440)
+  d = mon.observe(431, loss[430], gnorm[430])
+  assert d.action == "rollback" and d.restore_step == 400
+
+
 def test_pure_helpers():
   c, lo, hi = robust_band([1, 2, 3, 4, 100], 3, 3)
   assert c == 3 and math.isclose(hi - c, 3 * 1.4826) and math.isclose(c - lo, 3 * 1.4826)

@@ -25,6 +25,8 @@ from maxlm.train import stages
 from maxlm.train.driver import train
 from maxlm.train.step import loss_sums
 
+pytestmark = pytest.mark.slow  # end-to-end runs, like test_train_e2e
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

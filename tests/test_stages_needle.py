@@ -53,7 +53,7 @@ def test_copy_model_scores_perfectly_and_heatmap_is_written(tmp_path):
                             depths=[0.0, 0.3, 0.6, 1.0], prefix_ids=[1])
   assert len(results) == 12
   assert all(r["greedy_correct"] and r["teacher_forced_correct"] for r in results)
-  assert all(r["answer_loglik"] > -0.01 for r in results)  # log p ~ 0 per answer token
+  assert all(r["answer_loglik"] > -0.05 for r in results)  # log p ~ 0 (logit 10 of 64)
   png = needle.heatmap(results, str(tmp_path / "heatmap.png"))
   assert os.path.getsize(png) > 0
   json.dumps(results)  # JSON-serialisable as written by run()

@@ -2,31 +2,41 @@
 
   python -m maxlm.curate --config=configs/curate.py:default --input='raw/*.jsonl.gz' \
       --output=curated/ [--runner=DataflowRunner --project=... --region=... --temp_location=gs://...]
+  python -m maxlm.curate train-classifier --positive=GLOB --negative=GLOB --output=quality.npz
 
-Flags this command does not know are Beam pipeline options.
+Flags the curate command does not know are Beam pipeline options. The
+train-classifier subcommand is maxlm.curate.train_classifier (its docstring
+lists its flags).
 """
 
 import logging
 import sys
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
-from maxlm.curate import pipeline
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/curate.py:<variant>", lock_config=True)
-_INPUT = flags.DEFINE_string("input", None, "comma-separated globs of input files")
-_OUTPUT = flags.DEFINE_string("output", None, "output directory")
+def _curate(argv):
+  from maxlm.curate import pipeline
+  config = config_flags.DEFINE_config_file("config", None, "configs/curate.py:<variant>", lock_config=True)
+  inputs = flags.DEFINE_string("input", None, "comma-separated globs of input files")
+  output = flags.DEFINE_string("output", None, "output directory")
+  beam_args = flags.FLAGS(argv, known_only=True)[1:]
+  if not inputs.value or not output.value or config.value is None:
+    sys.exit("usage: python -m maxlm.curate --config=configs/curate.py:<variant> --input=GLOB --output=DIR")
+  logging.basicConfig(level=logging.INFO)
+  summary = pipeline.run(config.value, inputs.value.split(","), output.value, beam_args)
+  for s in summary["stages"]:
+    print(f"{s['stage']:>18}: {s['docs_in']:>9} -> {s['docs_out']:>9}  {s['removed']}")
 
 
 def main(argv):
-  beam_args = flags.FLAGS(argv, known_only=True)[1:]
-  if not _INPUT.value or not _OUTPUT.value or _CONFIG.value is None:
-    sys.exit("usage: python -m maxlm.curate --config=configs/curate.py:<variant> --input=GLOB --output=DIR")
-  logging.basicConfig(level=logging.INFO)
-  summary = pipeline.run(_CONFIG.value, _INPUT.value.split(","), _OUTPUT.value, beam_args)
-  for s in summary["stages"]:
-    print(f"{s['stage']:>18}: {s['docs_in']:>9} -> {s['docs_out']:>9}  {s['removed']}")
+  if len(argv) > 1 and argv[1] == "train-classifier":
+    # Imported here: its flags (--output, ...) must not be defined for the curate command.
+    from maxlm.curate import train_classifier
+    app.run(train_classifier.main, argv=[argv[0]] + argv[2:])
+  else:
+    _curate(argv)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,82 @@ class ExactDedup(beam.PTransform):
 
 
 # ---------------------------------------------------------------------------
+# Line-level boilerplate (lines repeated across many documents)
+# ---------------------------------------------------------------------------
+
+def _line_key(line: str) -> str:
+  # Lines are compared after stripping and case folding: "Share this page" and
+  # "share this page " are the same navigation link.
+  return hashlib.sha1(line.strip().casefold().encode("utf-8")).hexdigest()[:16]
+
+
+def _doc_lines(doc, min_line_chars):
+  """(line key, doc id) once per distinct line of a document."""
+  keys = {_line_key(line) for line in doc["text"].split("\n") if len(line.strip()) >= min_line_chars}
+  for key in sorted(keys):
+    yield key, doc["id"]
+
+
+def _boilerplate_hits(key_groups, min_docs):
+  """For a line repeated in >= min_docs documents: (doc id, line key) for each of them."""
+  key, doc_ids = key_groups
+  doc_ids = list(doc_ids)
+  if len(doc_ids) >= min_docs:
+    for doc_id in doc_ids:
+      yield doc_id, key
+
+
+def _strip_boilerplate(id_groups, min_line_chars):
+  _, grouped = id_groups
+  bad = set(grouped["line"])
+  for doc in grouped["doc"]:
+    if not bad:
+      yield doc
+      continue
+    kept, dropped = [], 0
+    for line in doc["text"].split("\n"):
+      if len(line.strip()) >= min_line_chars and _line_key(line) in bad:
+        dropped += 1
+      else:
+        kept.append(line)
+    text = "\n".join(kept).strip()
+    if not text:
+      yield beam.pvalue.TaggedOutput(
+          "rejects", make_reject(doc, "boilerplate", "boilerplate_only", {"lines": dropped}))
+    else:
+      yield dict(doc, text=text, meta=dict(doc["meta"], boilerplate_lines=dropped))
+
+
+class Boilerplate(beam.PTransform):
+  """Drops lines that occur in at least `min_docs` documents: {"docs", "rejects"}.
+
+  Navigation, cookie banners and footers repeat verbatim across the pages of a
+  site; counting each distinct line once per document (after exact dedup, so
+  copies of one page do not count) finds them. Distributed: one GroupByKey per
+  line key counts documents, a CoGroupByKey brings the hits back to their
+  documents -- no worker holds the corpus's line table. A document left empty
+  is removed (rule "boilerplate_only"); others record meta.boilerplate_lines.
+  """
+
+  def __init__(self, *, min_docs=10, min_line_chars=1, enabled=True):
+    super().__init__(label="boilerplate")
+    if min_docs < 2:
+      raise ValueError(f"boilerplate.min_docs={min_docs} must be >= 2")
+    self._min_docs, self._min_line_chars = min_docs, min_line_chars
+
+  def expand(self, docs):
+    hits = (docs
+            | "lines" >> beam.FlatMap(_doc_lines, self._min_line_chars)
+            | "group_lines" >> beam.GroupByKey()
+            | "hits" >> beam.FlatMap(_boilerplate_hits, self._min_docs))
+    out = ({"doc": docs | "by_id" >> beam.Map(lambda d: (d["id"], d)), "line": hits}
+           | "join" >> beam.CoGroupByKey()
+           | "strip" >> beam.FlatMap(_strip_boilerplate, self._min_line_chars).with_outputs(
+               "rejects", main="docs"))
+    return {"docs": out.docs, "rejects": out.rejects}
+
+
+# ---------------------------------------------------------------------------
 # Connected components (large-star / small-star)
 # ---------------------------------------------------------------------------
 

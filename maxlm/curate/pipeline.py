@@ -7,10 +7,12 @@ sub-config as keyword arguments (`NearDedup(**config.near_dedup)`).
 
 Outputs under DIR:
   docs/<domain>-SSSSS-of-NNNNN.jsonl.zst   kept documents {"id", "text", "source", "meta"}
+                                           (.jsonl with write.compression="none")
   rejects/part-*.jsonl.zst                 removed documents with "stage", "rule", "detail"
   notes/part-*.jsonl                       kept-but-changed documents (masked contamination)
   read_errors.jsonl                        bad input, with file and line
-  summary.json, summary.md                 counts and bytes per stage and rule (report.py)
+  summary.json, summary.md                 counts and bytes per stage, source and rule (report.py)
+  stages.png, rules.png, sources.png, distributions.png   the report's charts
 
 Documents are written as JSONL compressed with zstd: line-oriented, so readers
 stream them; free-form metadata without a schema; zstd decompresses at >1 GB/s.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 
 import apache_beam as beam
@@ -28,22 +31,22 @@ from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from maxlm.curate import report
+from maxlm.curate.classifier import ClassifierScore
 from maxlm.curate.decontam import Decontaminate
-from maxlm.curate.dedup import ExactDedup, NearDedup
+from maxlm.curate.dedup import Boilerplate, ExactDedup, NearDedup
 from maxlm.curate.read import ReadDocuments
 from maxlm.curate.stages import (C4Lines, FineWebQuality, GopherQuality, GopherRepetition, LanguageId,
                                  Normalize)
 
 
-def _model_score(**unused):
-  # TODO(issue 9): perplexity per document from a maxlm checkpoint, via
-  # maxlm.forward(model_config, params, tokens) jitted and batched, the model
-  # loaded once per worker in DoFn.setup. Not implemented yet.
-  raise NotImplementedError("model_score: scoring with maxlm.forward is a TODO stage; set "
-                            "model_score.enabled=False")
+def _model_score(**kwargs):
+  from maxlm.curate.modelscore import ModelScore  # imports jax only when the stage is on
+  return ModelScore(**kwargs)
 
 
-# In FineWeb's order: language, repetition, quality, C4, FineWeb; then scores, dedup, decontam.
+# In FineWeb's order: language, repetition, quality, C4, FineWeb; then scores (which
+# dedup's keep rule reads), exact dedup, boilerplate lines (after exact dedup, so
+# copies of one page do not count as repetition across pages), near dedup, decontam.
 STAGES = (
     ("normalize", Normalize),
     ("langid", LanguageId),
@@ -51,11 +54,15 @@ STAGES = (
     ("gopher_quality", GopherQuality),
     ("c4", C4Lines),
     ("fineweb", FineWebQuality),
+    ("classifier", ClassifierScore),
     ("model_score", _model_score),
     ("exact_dedup", ExactDedup),
+    ("boilerplate", Boilerplate),
     ("near_dedup", NearDedup),
     ("decontam", Decontaminate),
 )
+# Scores whose distributions the report draws: meta field -> histogram bin width.
+SCORE_HISTOGRAMS = {"classifier": 0.05, "model_score": 0.25}
 
 
 def _nbytes(rec: dict) -> int:
@@ -63,18 +70,35 @@ def _nbytes(rec: dict) -> int:
 
 
 def _count(pcoll, label: str, key_fn):
-  return pcoll | f"count_{label}" >> beam.Map(lambda r: (key_fn(r), (1, _nbytes(r))))
+  """Counts (docs, bytes) per key_fn(r) = (stage, kind, key), and per source as (stage, "source_" + kind, source)."""
+  def keys(r):
+    (stage, kind, key), value = key_fn(r), (1, _nbytes(r))
+    return [((stage, kind, key), value), ((stage, "source_" + kind, str(r.get("source", ""))), value)]
+  return pcoll | f"count_{label}" >> beam.FlatMap(keys)
 
 
-class _JsonlZstSink(fileio.FileSink):
+def _score_bin(doc, stage, field, width):
+  value = doc["meta"].get(field)
+  if isinstance(value, (int, float)) and value == value:  # not NaN
+    yield (stage, "score_hist", f"{math.floor(value / width) * width:.4g}"), (1, 0)
+
+
+class _JsonlSink(fileio.FileSink):
+  """JSONL, zstd-compressed unless `compress` is False (maxlm.data's jsonl source reads plain files)."""
+
+  def __init__(self, compress: bool = True):
+    self._compress = compress
+
   def open(self, fh):
-    self._writer = zstandard.ZstdCompressor(level=3).stream_writer(fh, closefd=False)
+    self._fh = fh
+    self._writer = zstandard.ZstdCompressor(level=3).stream_writer(fh, closefd=False) if self._compress else fh
 
   def write(self, record):
     self._writer.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
 
   def flush(self):
-    self._writer.flush(zstandard.FLUSH_FRAME)  # Beam closes the file itself
+    if self._compress:
+      self._writer.flush(zstandard.FLUSH_FRAME)  # Beam closes the file itself
 
 
 def _sum_pairs(pairs) -> tuple[int, int]:
@@ -111,6 +135,9 @@ def build_pipeline(p: beam.Pipeline, config, inputs, output: str) -> None:
     if name == "langid":
       counts.append(docs | "count_langs" >> beam.Map(
           lambda d: (("langid", "lang", d["meta"]["lang"]), (1, _nbytes(d)))))
+    if name in SCORE_HISTOGRAMS:
+      field = sub.get("score_field") or {"classifier": "quality_score", "model_score": "model_logprob"}[name]
+      counts.append(docs | f"hist_{name}" >> beam.FlatMap(_score_bin, name, field, SCORE_HISTOGRAMS[name]))
     if "cluster_sizes" in out:
       counts.append(out["cluster_sizes"]
                     | "count_cluster_sizes" >> beam.Map(lambda n: (("near_dedup", "cluster_size", str(n)), (1, 0))))
@@ -125,11 +152,12 @@ def build_pipeline(p: beam.Pipeline, config, inputs, output: str) -> None:
     _ = (all_notes | "notes_json" >> beam.Map(_to_json)
          | "write_notes" >> beam.io.WriteToText(os.path.join(output, "notes", "part"), ".jsonl"))
   partition_by, default = config.write.partition_by, config.write.default_partition
+  compress = config.write.get("compression", "zstd") == "zstd"
   _ = docs | "write_docs" >> fileio.WriteToFiles(
       path=os.path.join(output, "docs"),
       destination=lambda d: str(d["meta"].get(partition_by) or default),
-      sink=lambda dest: _JsonlZstSink(),
-      file_naming=fileio.destination_prefix_naming(".jsonl.zst"),
+      sink=lambda dest: _JsonlSink(compress),
+      file_naming=fileio.destination_prefix_naming(".jsonl.zst" if compress else ".jsonl"),
       shards=config.write.num_shards)
   drop_text = not config.write.rejects_keep_text
   _ = (all_rejects
@@ -169,7 +197,8 @@ def run(config, inputs, output: str, beam_args=()) -> dict:
   options, runner = pipeline_options(beam_args, config.num_workers)
   with beam.Pipeline(runner=runner, options=options) as p:
     stage_names = build_pipeline(p, config, inputs, output)
-  summary = report.write_report(output, stage_names, config.to_dict())
+  summary = report.write_report(output, stage_names, config.to_dict(),
+                                with_charts=config.write.get("charts", True))
   logging.info("curate: %s", json.dumps(summary["stages"]))
   report.check_error_budget(summary, config.read.max_error_fraction)
   return summary

@@ -1,5 +1,6 @@
-"""The run's report: documents and bytes per stage, removals per rule, read errors,
-duplicate-cluster sizes and languages, as summary.json and a Markdown table.
+"""The run's report: documents and bytes per stage and source, removals per rule, read
+errors, duplicate-cluster sizes, languages and score distributions, as summary.json,
+a Markdown table and PNG charts (matplotlib, Agg backend: no display needed).
 
 The pipeline writes raw counts (counts.jsonl, one [[stage, kind, key], [docs,
 bytes]] per line) and read errors (read_errors.jsonl); this module turns them
@@ -32,8 +33,17 @@ def summarize(counts, read_errors, stage_names, config: dict) -> dict:
   kept, removed = {}, collections.defaultdict(dict)
   removed_bytes = collections.Counter()
   clusters, langs, notes = {}, {}, collections.defaultdict(dict)
+  per_source = collections.defaultdict(lambda: collections.defaultdict(dict))
+  scores = collections.defaultdict(dict)
   for (stage, kind, key), (n, nbytes) in counts:
-    if kind == "kept":
+    if kind == "source_kept":
+      per_source[key][stage] = {"docs_out": n, "bytes_out": nbytes, "removed": 0}
+    elif kind == "source_removed":
+      per_source[key].setdefault(stage, {"docs_out": 0, "bytes_out": 0, "removed": 0})
+      per_source[key][stage]["removed"] += n
+    elif kind == "score_hist":
+      scores[stage][key] = n
+    elif kind == "kept":
       kept[stage] = (n, nbytes)
     elif kind == "removed":
       removed[stage][key] = n
@@ -64,6 +74,12 @@ def summarize(counts, read_errors, stage_names, config: dict) -> dict:
                "errors_listed": sorted(read_errors, key=lambda e: (e["file"], e["line"] or 0))[:MAX_LISTED_ERRORS]},
       "duplicate_cluster_sizes": dict(sorted(clusters.items())),
       "languages": dict(sorted(langs.items(), key=lambda kv: -kv[1])),
+      # source -> stage -> docs and bytes out, docs removed ("" = read errors, which have no source)
+      "sources": {src: {name: st[name] for name in stage_names if name in st}
+                  for src, st in sorted(per_source.items())},
+      # stage -> lower edge of the bin -> kept documents
+      "score_histograms": {stage: dict(sorted(h.items(), key=lambda kv: float(kv[0])))
+                           for stage, h in sorted(scores.items())},
   }
   nd = config.get("near_dedup", {})
   if nd.get("enabled"):
@@ -95,16 +111,90 @@ def markdown(summary: dict) -> str:
     out += [f"MinHash LSH: b = {nd['bands']} bands x r = {nd['rows']} rows of {nd['num_perm']} permutations; "
             "candidate probability 1-(1-s^r)^b: "
             + ", ".join(f"s={k}: {v}" for k, v in nd["candidate_probability"].items()), ""]
+  if summary.get("sources"):
+    names = [s["stage"] for s in summary["stages"]]
+    out += ["Documents out per source and stage:", "",
+            "| source | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for src, st in summary["sources"].items():
+      out.append(f"| {src or '(read errors)'} | "
+                 + " | ".join(str(st.get(n, {}).get("docs_out", 0)) for n in names) + " |")
+    out.append("")
+  for stage, hist in summary.get("score_histograms", {}).items():
+    out += [f"{stage} scores (bin: docs): " + ", ".join(f"{k}: {v}" for k, v in hist.items()), ""]
+  if summary.get("charts"):
+    out += [f"![{os.path.splitext(c)[0]}]({c})" for c in summary["charts"]] + [""]
   if summary["read"]["errors"]:
     out += ["Read errors per file: "
             + ", ".join(f"{k}: {v}" for k, v in summary["read"]["errors_per_file"].items()), ""]
   return "\n".join(out)
 
 
-def write_report(output: str, stage_names, config: dict) -> dict:
+def charts(summary: dict, output: str) -> list[str]:
+  """Writes the report's PNG charts under `output`; returns their file names."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  written = []
+
+  def save(fig, name):
+    fig.tight_layout()
+    fig.savefig(os.path.join(output, name), dpi=100)
+    plt.close(fig)
+    written.append(name)
+
+  stages = summary["stages"]
+  names = [s["stage"] for s in stages]
+  fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(names)), 4))
+  kept = [s["docs_out"] for s in stages]
+  removed = [sum(s["removed"].values()) for s in stages]
+  ax.bar(names, kept, label="kept")
+  ax.bar(names, removed, bottom=kept, label="removed")
+  ax.set_ylabel("documents")
+  ax.set_title("Documents kept and removed per stage")
+  ax.legend()
+  ax.tick_params(axis="x", rotation=45)
+  save(fig, "stages.png")
+
+  rules = [(f"{s['stage']}: {rule}", n) for s in stages for rule, n in s["removed"].items()]
+  if rules:
+    rules.sort(key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.3 * len(rules) + 1)))
+    ax.barh([r for r, _ in rules], [n for _, n in rules])
+    ax.set_xlabel("documents removed")
+    ax.set_title("Removals per rule")
+    save(fig, "rules.png")
+
+  if summary.get("sources"):
+    srcs = list(summary["sources"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(names)), 4))
+    for src in srcs:
+      ax.plot(names, [summary["sources"][src].get(n, {}).get("docs_out", 0) for n in names],
+              marker="o", label=os.path.basename(src.rstrip("/")) or "(read errors)")
+    ax.set_ylabel("documents out")
+    ax.set_title("Documents per source after each stage")
+    ax.tick_params(axis="x", rotation=45)
+    ax.legend(fontsize=7)
+    save(fig, "sources.png")
+
+  hists = {"duplicate cluster size": summary["duplicate_cluster_sizes"], "language": summary["languages"]}
+  hists.update({f"{k} score": v for k, v in summary.get("score_histograms", {}).items()})
+  hists = {k: v for k, v in hists.items() if v}
+  if hists:
+    fig, axes = plt.subplots(1, len(hists), figsize=(4 * len(hists), 3.5), squeeze=False)
+    for ax, (title, h) in zip(axes[0], hists.items()):
+      ax.bar([str(k) for k in h], list(h.values()))
+      ax.set_title(title)
+      ax.tick_params(axis="x", rotation=60, labelsize=7)
+    save(fig, "distributions.png")
+  return written
+
+
+def write_report(output: str, stage_names, config: dict, with_charts: bool = True) -> dict:
   counts = _read_jsonl(os.path.join(output, "counts.jsonl"))
   errors = _read_jsonl(os.path.join(output, "read_errors.jsonl"))
   summary = summarize(counts, errors, stage_names, config)
+  if with_charts:
+    summary["charts"] = charts(summary, output)
   with open(os.path.join(output, "summary.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=1, ensure_ascii=False)
   with open(os.path.join(output, "summary.md"), "w", encoding="utf-8") as f:

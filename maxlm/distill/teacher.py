@@ -72,10 +72,8 @@ def load_teacher(path: str, *, mesh, rules, student_vocab: int, tokenizer_path: 
           ckpts) else []
       if not steps:
         raise FileNotFoundError(f"distill.teacher={path!r} has neither params/ nor checkpoints/")
-      # Params only out of a full state: orbax restores the subtree we ask for.
-      restored = ocp.StandardCheckpointer().restore(
-          os.path.join(ckpts, str(steps[-1]), "state"), dict(params=abstract), strict=False)
-      params = restored["params"]
+      from maxlm.train.stages import restore_params  # pylint: disable=g-import-not-at-top
+      params = restore_params(os.path.join(ckpts, str(steps[-1]), "state"), abstract)
   if cfg.vocab_size != student_vocab:
     raise ValueError(f"distill.teacher={path}: vocab_size {cfg.vocab_size} != the student's"
                      f" model.vocab_size {student_vocab}")

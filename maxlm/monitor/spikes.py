@@ -207,7 +207,10 @@ class SpikeMonitor:
       self.saved_steps.append(step)
 
   def good_checkpoint(self, step: int) -> int | None:
-    return good_checkpoint(self.saved_steps, self.spike_steps, step, self.cfg.good_after)
+    """Newest good checkpoint before `step`: one saved at or after a spike holds its update
+    (the driver may observe a few steps late, after such a save)."""
+    return good_checkpoint([c for c in self.saved_steps if c < step], self.spike_steps, step,
+                           self.cfg.good_after)
 
   def observe(self, step: int, loss: float, grad_norm: float | None = None) -> Decision:
     """One step's verdict and action. Accepted (non-spike) values join the history."""

@@ -1,4 +1,4 @@
-"""`python -m maxlm.scaling <command>`: sweep, run, collect, fit.
+"""`python -m maxlm.scaling <command>`: sweep, run, collect, fit, mix-ratio.
 
   sweep   --config=configs/scaling_sweep.py:tiny --root=DIR [--run]
           writes DIR/points.jsonl and DIR/manifest.txt (one launch line per point)
@@ -8,6 +8,12 @@
           [--drop-highest K] [--method approach3|approach2|kaplan|all]
           [--bootstrap B] [--predict-flops C ...] [--predict-nd N:D ...]
           [--plot-dir DIR] [--json]
+  mix-ratio R.csv --r-col R --domain-loss-col LD --general-loss-col LG
+          --max-general-increase T [--n-col N --d-col D] [--n N --d D]
+          [--baseline-loss L] [--general-ratio 1-r|r] [--bootstrap B] [--json]
+          fits the D-CPT law to both losses and solves for the domain ratio r
+          minimising the domain loss with L_general(r) <= (1 + T) * baseline
+          (baseline: the general fit at r = 0, unless --baseline-loss)
 
 The logic lives in importable modules (chinchilla, isoflop, kaplan, sweep,
 runs, plots); this file only parses flags and prints.
@@ -25,7 +31,7 @@ import sys
 
 import numpy as np
 
-from maxlm.scaling import chinchilla, isoflop, kaplan, runs, sweep
+from maxlm.scaling import chinchilla, dcpt, isoflop, kaplan, runs, sweep
 
 
 def load_config(spec, sets=()):
@@ -138,6 +144,42 @@ def _print_human(out):
     print("wrote", p)
 
 
+def _mix_ratio(args):
+  with open(args.csv, newline="") as f:
+    need = [args.r_col, args.domain_loss_col, args.general_loss_col] + [c for c in (args.n_col, args.d_col) if c]
+    rows = [r for r in csv.DictReader(f) if all(r.get(k, "") not in ("", None) for k in need)]
+  col = lambda k: np.array([float(r[k]) for r in rows]) if k else None
+  r, n, d = col(args.r_col), col(args.n_col), col(args.d_col)
+  # Target (N, D): as given, else the largest of the runs (the scale closest to the real run).
+  n_at = args.n if args.n is not None else (float(n.max()) if n is not None else None)
+  d_at = args.d if args.d is not None else (float(d.max()) if d is not None else None)
+  kw = dict(n=n, d=d, eps=args.epsilon, n_boot=args.bootstrap, seed=args.seed)
+  fit_d = dcpt.fit(r, col(args.domain_loss_col), ratio="r", **kw)
+  fit_g = dcpt.fit(r, col(args.general_loss_col), ratio=args.general_ratio, **kw)
+  opt = dcpt.optimal_ratio(fit_d, fit_g, args.max_general_increase, n=n_at, d=d_at, baseline=args.baseline_loss)
+  out = dict(n_runs=len(rows), n=n_at, d=d_at, domain=fit_d.to_json(), general=fit_g.to_json(), optimum=opt)
+  if args.json:
+    print(json.dumps(out))
+    return out
+  law = lambda p: (f"{p['E']:.4f} + {p['A']:.4g}/N^{p['alpha']:.4f} + {p['B']:.4g} r^{p['eta']:.4f}/D^{p['beta']:.4f}"
+                   f" + {p['C']:.4g}/(r + {p['eps']:.3g})^{p['gamma']:.4f}")
+  print(f"D-CPT law on {len(rows)} runs (objective: domain {fit_d.objective:.4e}, general {fit_g.objective:.4e})")
+  print(f"  domain  L = {law(fit_d.params)}")
+  print(f"  general L = {law(fit_g.params)}   (r here is {args.general_ratio})")
+  where = f"N={n_at:.3g} " if n_at else ""
+  where += f"D={d_at:.3g}" if d_at else ""
+  where = where or "the runs' N and D"
+  print(f"At {where}: general bound {opt['general_bound']:.4f} = (1 + {args.max_general_increase:g})"
+        f" x {opt['baseline']:.4f} ({opt['baseline_source']})")
+  if not opt["feasible"]:
+    print("  no r in [0, 1] keeps the general loss under the bound")
+  else:
+    print(f"  r* = {opt['r']:.4f}: domain loss {opt['domain_loss']:.4f} (r=0: {opt['domain_loss_at_r0']:.4f}),"
+          f" general loss {opt['general_loss']:.4f} (+{100 * opt['general_increase']:.2f}%),"
+          f" {'on the bound' if opt['constraint_active'] else 'unconstrained minimum'}")
+  return out
+
+
 def _sweep(args):
   config = load_config(args.config, args.set)
   points = sweep.points_from_config(config)
@@ -190,6 +232,25 @@ def main(argv=None):
   f.add_argument("--predict-nd", nargs="*", default=[], help="N:D pairs for loss predictions")
   f.add_argument("--plot-dir")
   f.add_argument("--json", action="store_true", help="print one JSON object")
+  m = sub.add_parser("mix-ratio", help="D-CPT law fits and the domain ratio under a general-loss budget")
+  m.add_argument("csv")
+  m.add_argument("--r-col", required=True, help="domain ratio column (share of domain tokens, 0..1)")
+  m.add_argument("--domain-loss-col", required=True)
+  m.add_argument("--general-loss-col", required=True)
+  m.add_argument("--max-general-increase", type=float, required=True,
+                 help="T: the general loss may rise to (1 + T) x baseline")
+  m.add_argument("--n-col", default=None, help="model size column (omit when all runs share N)")
+  m.add_argument("--d-col", default=None, help="training tokens column (omit when all runs share D)")
+  m.add_argument("--n", type=float, default=None, help="N to solve at (default: largest N of the runs)")
+  m.add_argument("--d", type=float, default=None, help="D to solve at (default: largest D of the runs)")
+  m.add_argument("--baseline-loss", type=float, default=None,
+                 help="general loss the bound is relative to (default: the general fit at r = 0)")
+  m.add_argument("--general-ratio", default="1-r", choices=("1-r", "r"),
+                 help="share the general-loss law sees as its r (default: the general share 1 - r)")
+  m.add_argument("--epsilon", type=float, default=None, help="fix eps instead of fitting it")
+  m.add_argument("--bootstrap", type=int, default=0)
+  m.add_argument("--seed", type=int, default=0)
+  m.add_argument("--json", action="store_true")
   args = ap.parse_args(argv)
   if args.cmd == "fit":
     if args.d_col is None and args.c_col is None:
@@ -201,6 +262,8 @@ def main(argv=None):
     return 1 if any(runs.run(args.root).values()) else 0
   elif args.cmd == "collect":
     _collect(args)
+  elif args.cmd == "mix-ratio":
+    _mix_ratio(args)
   return 0
 
 

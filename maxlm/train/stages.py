@@ -143,6 +143,21 @@ def resolve_parent(init_cfg) -> Parent | None:
   return Parent(path, "maxlm", carry, source, step, workdir, config["model"], config)
 
 
+def parent_tokenizer_path(path: str) -> str:
+  """The tokenizer a parent (maxlm workdir, checkpoint dir or HF dir) was trained with."""
+  path = os.path.abspath(path)
+  if os.path.basename(path).isdigit() and os.path.basename(os.path.dirname(path)) == "checkpoints":
+    path = os.path.dirname(os.path.dirname(path))
+  cfg = os.path.join(path, "config.json")
+  if os.path.isfile(cfg):
+    raw = _read_json(cfg)
+    if "model_type" in raw:
+      return os.path.join(path, "tokenizer.model")
+    if raw.get("data", {}).get("tokenizer", {}).get("path"):
+      return raw["data"]["tokenizer"]["path"]
+  return os.path.join(path, "tokenizer", "tokenizer.model")
+
+
 def check_compatible(parent: Parent, model_cfg: ModelConfig, tokenizer_path: str) -> None:
   """Same parameter shapes and the same tokenizer as the parent, or a clear error."""
   bad = [f"model.{f}: parent {parent.model.get(f)!r}, this stage {getattr(model_cfg, f)!r}"
@@ -238,11 +253,20 @@ def init_from_parent(parent: Parent, abstract_state, create_fn, model_cfg: Model
     params = ocp.StandardCheckpointer().restore(parent.source, abstract_params)
   elif parent.carry == "full":
     return _restart_counters(ocp.StandardCheckpointer().restore(parent.source, abstract_state))
-  else:  # params only out of a full state: orbax restores the subtree asked for
-    params = ocp.StandardCheckpointer().restore(parent.source, dict(params=abstract_params),
-                                                strict=False)["params"]
+  else:  # params only out of a full state
+    params = restore_params(parent.source, abstract_params)
   fresh = create_fn()
   return dict(fresh, params=params)
+
+
+def restore_params(state_dir: str, abstract_params):
+  """Only the params of a full-state checkpoint, into abstract_params' shapes and shardings
+  (an explicit target, so a checkpoint from another device topology restores too)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  target = dict(params=abstract_params)
+  return ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True))["params"]
 
 
 def _check_tree(host, abstract, parent):
@@ -327,8 +351,15 @@ def _host_params(source: str, kind: str, model_cfg: ModelConfig):
     overrides = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k in _HF_OVERRIDES}
     overrides["rope_scaling"] = model_cfg.rope_scaling_dict
     return hf_lib.import_checkpoint(source, model_overrides=overrides)[1]
-  restored = ocp.StandardCheckpointer().restore(source)
-  return restored if os.path.basename(source) == "params" else restored["params"]
+  # An explicit target: the checkpoint may come from another device topology.
+  from maxlm.model import init_params  # pylint: disable=g-import-not-at-top
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          jax.eval_shape(lambda r: init_params(model_cfg, r),
+                                         jax.random.PRNGKey(0)))
+  if os.path.basename(source) == "params":
+    return ocp.StandardCheckpointer().restore(source, abstract)
+  return restore_params(source, abstract)
 
 
 def report_domain_losses(config, workdir: str) -> dict:
