@@ -164,3 +164,25 @@ def test_connected_components_fail_loudly_when_rounds_too_few(tmp_path):
   edges = [(labels[i], labels[i + 1]) for i in range(199)]
   with pytest.raises(Exception, match="did not converge"):
     run_beam(lambda p: {"leaves": p | beam.Create(edges) | dedup.ConnectedComponents(rounds=1)}, tmp_path)
+
+
+def test_boilerplate_lines_removed_when_in_enough_documents(tmp_path):
+  nav, footer = "Home | About | Contact", "Copyright 2024 Example Corp. All rights reserved."
+  docs = []
+  for i in range(6):
+    body = f"Article {i} talks about topic number {i} at length.\nIt has a second line {i}."
+    # nav in all 6 documents, footer in 4 (case and spacing vary), a shared quote in 2.
+    lines = [nav, body] + ([footer.upper() + "  "] if i < 4 else []) + (["To be or not to be."] if i < 2 else [])
+    docs.append(_doc(f"d{i}", "\n".join(lines)))
+  docs.append(_doc("only_nav", nav + "\n\n" + footer))
+  out = run_beam(lambda p: dedup.Boilerplate(min_docs=4).expand(p | beam.Create(docs)), tmp_path)
+  kept = {d["id"]: d for d in out["docs"]}
+  assert [r["id"] for r in out["rejects"]] == ["only_nav"]
+  assert out["rejects"][0]["rule"] == "boilerplate_only"
+  for i in range(6):
+    text = kept[f"d{i}"]["text"]
+    assert nav not in text and "COPYRIGHT" not in text and f"Article {i}" in text
+    assert ("To be or not to be." in text) == (i < 2)  # in 2 < 4 documents: kept
+    assert kept[f"d{i}"]["meta"]["boilerplate_lines"] == (2 if i < 4 else 1)
+  with pytest.raises(ValueError, match="min_docs"):
+    dedup.Boilerplate(min_docs=1)

@@ -178,3 +178,84 @@ def test_command_line(tmp_path):
   summary = json.load(open(out / "summary.json"))
   assert [s["stage"] for s in summary["stages"]] == ["read", "normalize", "exact_dedup", "near_dedup"]
   assert summary["stages"][2]["removed"] == {"exact_duplicate": 1}
+
+
+def test_report_has_charts_and_per_source_counts(tmp_path):
+  d = tmp_path / "in"
+  d.mkdir()
+  _write_jsonl(d / "a.jsonl", [{"text": _prose(i)} for i in range(3)] + [{"text": _prose(0)}, "{bad"])
+  _write_jsonl(d / "b.jsonl", [{"text": _prose(i)} for i in range(3, 5)])
+  c = _config(tmp_path, "dedup", read__max_error_fraction=1.0)
+  out = tmp_path / "out"
+  summary = pipeline.run(c, [str(d / "a.jsonl"), str(d / "b.jsonl")], str(out),
+                         ["--direct_running_mode=in_memory"])
+  # No near duplicates, languages or scores in this run: no distributions chart.
+  assert summary["charts"] == ["stages.png", "rules.png", "sources.png"]
+  for name in summary["charts"]:
+    assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  src = summary["sources"]
+  assert src[str(d / "a.jsonl")]["read"]["docs_out"] == 4
+  assert src[str(d / "a.jsonl")]["exact_dedup"] == {"docs_out": 3, "bytes_out": src[str(d / "a.jsonl")]["exact_dedup"]["bytes_out"], "removed": 1}
+  assert src[str(d / "b.jsonl")]["near_dedup"]["docs_out"] == 2
+  md = (out / "summary.md").read_text()
+  assert "Documents out per source and stage" in md and "![stages](stages.png)" in md
+
+
+# ---------------------------------------------------------------------------
+# WARC
+# ---------------------------------------------------------------------------
+
+def _warc_record(warc_type, uri, block: bytes, n: int) -> bytes:
+  head = (f"WARC/1.0\r\nWARC-Type: {warc_type}\r\nWARC-Target-URI: {uri}\r\n"
+          f"WARC-Date: 2024-01-0{n % 9 + 1}T00:00:00Z\r\nWARC-Record-ID: <urn:uuid:0000-{n:04d}>\r\n"
+          f"Content-Type: application/http; msgtype={warc_type}\r\nContent-Length: {len(block)}\r\n\r\n")
+  return head.encode() + block + b"\r\n\r\n"
+
+
+def _http(body: bytes, ctype="text/html; charset=utf-8", extra="") -> bytes:
+  return f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\n{extra}\r\n".encode() + body
+
+
+def _page(title, paragraphs):
+  return ("<html><head><title>" + title + "</title></head><body><nav><a href='/'>Home</a></nav><article>"
+          + "".join(f"<p>{p}</p>" for p in paragraphs) + "</article><footer>Copyright</footer></body></html>")
+
+
+def test_warc_reading_with_main_text_extraction(tmp_path):
+  from maxlm.curate import read
+  paras = [_prose(i, 3) for i in range(3)]
+  chunked = _page("Chunked", [paras[2]]).encode()
+  gz = gzip.compress(chunked)
+  chunks = b"".join(b"%x\r\n%s\r\n" % (len(gz[i:i + 100]), gz[i:i + 100]) for i in range(0, len(gz), 100)) + b"0\r\n\r\n"
+  records = [
+      _warc_record("warcinfo", "", b"software: hand-written test writer\r\n", 0),
+      _warc_record("request", "http://a.example/", b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n", 1),
+      _warc_record("response", "http://a.example/", _http(_page("A", [paras[0]]).encode()), 2),
+      _warc_record("response", "http://b.example/caf", _http(
+          _page("B", ["Le café était très bon. " + paras[1]]).encode("latin-1"),
+          "text/html; charset=ISO-8859-1"), 3),
+      _warc_record("response", "http://c.example/", _http(
+          chunks, extra="Transfer-Encoding: chunked\r\nContent-Encoding: gzip\r\n"), 4),
+      _warc_record("response", "http://d.example/logo.png", _http(b"\x89PNG....", "image/png"), 5),
+      _warc_record("response", "http://e.example/", _http(b"<html><body><script>x()</script></body></html>"), 6),
+  ]
+  path = tmp_path / "crawl.warc.gz"
+  path.write_bytes(b"".join(gzip.compress(r) for r in records))  # one gzip member per record
+  out = list(read.read_file(str(path), "crawl"))
+  docs = [r for k, r in out if k == "doc"]
+  errors = [r for k, r in out if k == "error"]
+  assert [d["id"] for d in docs] == ["<urn:uuid:0000-0002>", "<urn:uuid:0000-0003>", "<urn:uuid:0000-0004>"]
+  assert docs[0]["meta"]["url"] == "http://a.example/" and docs[0]["meta"]["offset"] > 0
+  assert paras[0].split()[5] in docs[0]["text"] and "Home" not in docs[0]["text"]
+  assert "Le café était très bon." in docs[1]["text"]  # declared charset honoured
+  assert paras[2].split()[5] in docs[2]["text"]  # de-chunked and gunzipped
+  assert [(e["rule"], e["detail"]) for e in errors] == [("html_no_text", "http://e.example/")]
+  assert errors[0]["line"] == sum(len(r) for r in records[:6])  # byte offset of the record
+
+  # A plain .warc cut mid-record: the records before the cut are kept, the cut is counted.
+  cut = tmp_path / "cut.warc"
+  data = b"".join(records[:3])
+  cut.write_bytes(data + records[3][:len(records[3]) // 2])
+  out = list(read.read_file(str(cut), "crawl"))
+  assert [r["id"] for k, r in out if k == "doc"] == ["<urn:uuid:0000-0002>"]
+  assert [(r["rule"], r["line"]) for k, r in out if k == "error"] == [("unreadable_file", len(data))]

@@ -2,7 +2,9 @@
 every threshold, with the expected values computed by hand from the definitions
 in maxlm/curate/rules.py (Gopher A.1, C4 2.2, FineWeb 3.3)."""
 
+import collections
 import math
+import random
 
 import pytest
 
@@ -235,3 +237,77 @@ def test_langid():
   assert langid.detect(en)[0] == "en" and langid.detect(en)[1] >= 0.9
   assert langid.detect(fr)[0] == "fr"
   assert langid.detect("12345 67890") == ("un", 0.0)
+
+
+# ---------------------------------------------------------------------------
+# The fast paths give the reference results
+# ---------------------------------------------------------------------------
+
+def _ref_top_ngram(ws, n):
+  """Gopher's top n-gram character fraction, written the slow obvious way."""
+  if len(ws) < n:
+    return 0.0
+  counts = collections.Counter(tuple(ws[i:i + n]) for i in range(len(ws) - n + 1))
+  count = max(counts.values())
+  if count < 2:
+    return 0.0
+  return max(sum(map(len, g)) for g, c in counts.items() if c == count) * count / sum(map(len, ws))
+
+
+def _ref_dup_ngram(ws, n):
+  if len(ws) < n:
+    return 0.0
+  seen, covered = set(), [False] * len(ws)
+  for i in range(len(ws) - n + 1):
+    g = tuple(ws[i:i + n])
+    if g in seen:
+      for j in range(i, i + n):
+        covered[j] = True
+    seen.add(g)
+  return sum(len(w) for w, c in zip(ws, covered) if c) / sum(map(len, ws))
+
+
+def test_numpy_ngram_rules_match_reference():
+  rng = random.Random(0)
+  for trial in range(300):
+    vocab = [("w" * rng.randint(1, 4)) + str(k) for k in range(rng.randint(1, 30))]
+    ws = [rng.choice(vocab) for _ in range(rng.randint(0, 80))]
+    if trial % 3 == 0 and ws:  # planted repeats
+      ws = ws + ws[:rng.randint(1, len(ws))]
+    for n in range(2, 11):
+      assert rules.top_ngram_char_fraction(ws, n) == pytest.approx(_ref_top_ngram(ws, n), abs=1e-12)
+      assert rules.duplicate_ngram_char_fraction(ws, n) == pytest.approx(_ref_dup_ngram(ws, n), abs=1e-12)
+
+
+def test_repair_mojibake_equals_ftfy():
+  import ftfy
+  from maxlm.curate import normalize
+  lines = ["Il était une fois — “quoted” text, naïve café; 3 × 4 ≈ 12 °C … done",
+           "The cafÃ© served â€œcoffeeâ€\x9d and crÃ¨me brÃ»lÃ©e for 5â‚¬.", "plain ascii line",
+           "\x1b[31mred\x1b[0m text é", "tab\there\r", "Ã  la carte", "", "&amp; é", "a\u2028b", "x\x00y",
+           "Ð¼Ð¾Ñ\x81ÐºÐ²Ð°", "Ã\xa0 bientôt"]
+  rng = random.Random(0)
+  for _ in range(300):
+    text = "\n".join(rng.choice(lines) for _ in range(rng.randint(1, 10)))
+    assert normalize.repair_mojibake(text) == ftfy.fix_text(text, **normalize._FTFY_OPTIONS)
+
+
+def test_mojibake_hint_covers_ftfy_badness():
+  """The pre-filter may skip a line only if ftfy's badness regex cannot match it."""
+  import re as re_
+  from ftfy import badness
+  from maxlm.curate import normalize
+  chars = set("ÃÂŒœ°")
+  for v in badness.MOJIBAKE_CATEGORIES.values():
+    for m in re_.finditer(r"(.)-(.)|(.)", v):
+      chars.update(m.group(3) or "".join(map(chr, range(ord(m.group(1)), ord(m.group(2)) + 1))))
+  chars = sorted(chars)
+  rng = random.Random(1)
+  n_bad = 0
+  for _ in range(50_000):
+    s = "".join(rng.choice(chars) if rng.random() < 0.3 else rng.choice("aZ .,!?-\t9")
+                for _ in range(rng.randint(1, 5)))
+    if badness.is_bad(s):
+      n_bad += 1
+      assert normalize._MOJIBAKE_HINT_RE.search(s), repr(s)
+  assert n_bad > 1000

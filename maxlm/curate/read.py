@@ -140,13 +140,15 @@ def extract_html(html) -> str:
   return trafilatura.extract(html, include_comments=False, include_tables=False) or ""
 
 
-def iter_warc(f):
+def iter_warc(f, position: dict | None = None):
   """Yields (offset, headers, block) for each record of an uncompressed WARC stream.
 
   Header names are lowercased. Raises ValueError on a malformed record: a WARC
   cannot be resynchronised without scanning, so the rest of the file is lost
-  and counted as unreadable.
+  and counted as unreadable. `position["offset"]` is the start of the record
+  being read, for the error report.
   """
+  position = {} if position is None else position
   offset = 0
   while True:
     line = f.readline()
@@ -158,6 +160,7 @@ def iter_warc(f):
     if not line.startswith(b"WARC/"):
       raise ValueError(f"no WARC version line at offset {offset}")
     start, pos, headers = offset, offset + len(line), {}
+    position["offset"] = start
     while True:
       line = f.readline()
       pos += len(line)
@@ -216,9 +219,9 @@ def http_html(block: bytes):
 
 def read_warc(path: str, source: str):
   f = _decompressed_lines(path)
-  offset = 0
+  position = {"offset": 0}
   try:
-    for offset, headers, block in iter_warc(f):
+    for offset, headers, block in iter_warc(f, position):
       if headers.get("warc-type") != "response":
         continue
       html, why = http_html(block)
@@ -233,7 +236,7 @@ def read_warc(path: str, source: str):
                         {"url": headers.get("warc-target-uri", ""), "date": headers.get("warc-date", ""),
                          "offset": offset})
   except Exception as e:  # truncated archive or malformed record: keep what was read.
-    yield "error", _error(path, offset, "unreadable_file", f"{type(e).__name__}: {e}")
+    yield "error", _error(path, position["offset"], "unreadable_file", f"{type(e).__name__}: {e}")
 
 
 def read_file(path: str, source: str, *, text_field: str = "text", id_field: str = "id"):

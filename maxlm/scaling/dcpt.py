@@ -220,7 +220,7 @@ class DcptFit:
     return out
 
 
-def fit(r, loss, n=None, d=None, ratio="r", eps=None, delta=HUBER_DELTA, n_refine=24, n_boot=0, seed=0,
+def fit(r, loss, n=None, d=None, ratio="r", eps=None, delta=HUBER_DELTA, n_refine=12, n_boot=0, seed=0,
         options=None):
   """Fits the D-CPT law to one loss. r: domain ratio per run in [0, 1]; ratio="1-r" fits
   the law in the general share (for the general loss). n, d: per-run arrays, or None

@@ -95,12 +95,16 @@ def _read_metrics(path):
 
 
 BASE_COLUMNS = ("name", "budget", "n_non_embedding", "n_total", "d_model", "n_layers", "tokens", "flops",
-                "flops_6nd", "steps", "global_batch", "peak_lr", "final_loss", "tokens_per_s", "wall_s")
+                "flops_6nd", "steps", "global_batch", "peak_lr", "final_loss", "eval_loss", "tokens_per_s", "wall_s")
 
 
 def collect(root):
   """One row per finished point. tokens = tokens_seen from done.json; flops is
-  recomputed from it with the sweep's FLOPs per token; flops_6nd = 6 N_nonemb D."""
+  recomputed from it with the sweep's FLOPs per token; flops_6nd = 6 N_nonemb D.
+  eval_loss = mean over domains of the last eval/<domain>/loss (the domains are
+  weighted equally, as in the default two-domain mix): held-out and the same
+  batches for every point, so it is far less noisy than final_loss, the loss
+  of one training batch (+-0.1 nats at 4k tokens per batch)."""
   rows = []
   for p in read_points(root):
     done_path = os.path.join(p["workdir"], DONE)
@@ -114,7 +118,8 @@ def collect(root):
                      d_model=p["model"]["d_model"], n_layers=p["model"]["n_layers"], tokens=tokens,
                      flops=tokens * p["flops_per_token"], flops_6nd=6.0 * p["n_non_embedding"] * tokens,
                      steps=done.get("step", p["steps"]), global_batch=p["global_batch"], peak_lr=p["peak_lr"],
-                     final_loss=done["final_loss"], tokens_per_s=tps, wall_s=done.get("wall_s"), **evals))
+                     final_loss=done["final_loss"], eval_loss=(sum(evals.values()) / len(evals) if evals else None),
+                     tokens_per_s=tps, wall_s=done.get("wall_s"), **evals))
   return rows
 
 

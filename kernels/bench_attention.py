@@ -1,8 +1,8 @@
 """Benchmark: kernels.flash_attention against the dense XLA reference, same process.
 
 Usage:
-  python -m kernels.bench_flash_attention            # GPU/TPU: the issue-4 shapes
-  python -m kernels.bench_flash_attention --tiny     # any backend; forced on CPU
+  python -m kernels.bench_attention            # GPU/TPU: the issue-4 shapes
+  python -m kernels.bench_attention --tiny     # any backend; forced on CPU
 
 For each shape it times the forward and forward+backward of both paths
 (median of --iters runs after a compile-and-warm-up call) and prints
@@ -49,6 +49,26 @@ def _time(fn, *args, iters):
   return statistics.median(times)
 
 
+def _temp_mib(fn, *args):
+  """Peak scratch memory XLA plans for `fn` (compiled memory analysis), in MiB."""
+  try:
+    stats = fn.lower(*args).compile().memory_analysis()
+    return stats.temp_size_in_bytes / 2**20
+  except Exception:  # pylint: disable=broad-except  (not every backend reports it)
+    return float("nan")
+
+
+def _cudnn(seg, causal):
+  """jax.nn.dot_product_attention on cuDNN; packed batches need a dense [B,1,T,S] mask."""
+  def attn(q, k, v):
+    mask = None
+    if seg is not None:
+      mask = (seg[:, :, None] == seg[:, None, :])[:, None]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
+                                        implementation="cudnn")
+  return attn
+
+
 def _fwd_bwd(attn):
   def loss(q, k, v):
     return jnp.sum(attn(q, k, v).astype(jnp.float32))
@@ -60,7 +80,8 @@ def bench(shapes, *, dtype, packed, causal, iters, interpret, block):
         f"jax={jax.__version__} dtype={jnp.dtype(dtype).name} causal={causal} packed={packed}"
         f" interpret={interpret}")
   print(f"{'B':>3} {'T':>6} {'N':>3} {'K':>3} {'H':>4} | {'pass':>7} | {'kernel ms':>10}"
-        f" {'TFLOP/s':>8} | {'xla ms':>10} {'TFLOP/s':>8} | {'xla/kernel':>10}")
+        f" {'TFLOP/s':>8} {'MiB':>7} | {'xla ms':>10} {'TFLOP/s':>8} {'MiB':>7} | {'xla/kernel':>10}"
+        f" | {'cudnn ms':>9} {'cudnn/kernel':>12}")
   for B, T, N, K, H in shapes:
     rng = np.random.default_rng(0)
     q = jnp.asarray(rng.standard_normal((B, T, N, H)), dtype)
@@ -73,15 +94,24 @@ def bench(shapes, *, dtype, packed, causal, iters, interpret, block):
     flops = 4 * B * T * T * N * H * (0.5 if causal else 1.0)
     for name, make, mult in (("fwd", jax.jit, 1.0), ("fwd+bwd", _fwd_bwd, 3.5)):
       t_kernel = _time(make(kernel), q, k, v, iters=iters)
+      m_kernel = _temp_mib(make(kernel), q, k, v)
       try:
         t_xla = _time(make(dense), q, k, v, iters=iters)
-      except Exception as e:  # the dense [B, N, T, S] logits may not fit in memory
+        m_xla = _temp_mib(make(dense), q, k, v)
+      except Exception as e:  # pylint: disable=broad-except  (dense logits may not fit)
         print(f"  xla {name} failed: {type(e).__name__}")
-        t_xla = float("nan")
+        t_xla = m_xla = float("nan")
+      t_cudnn = float("nan")
+      if jax.default_backend() == "gpu":
+        try:
+          t_cudnn = _time(make(_cudnn(seg, causal)), q, k, v, iters=iters)
+        except Exception as e:  # pylint: disable=broad-except
+          print(f"  cudnn {name} failed: {type(e).__name__}: {str(e)[:120]}")
       tf = lambda t: flops * mult / t / 1e12
       print(f"{B:>3} {T:>6} {N:>3} {K:>3} {H:>4} | {name:>7} | {t_kernel * 1e3:>10.2f}"
-            f" {tf(t_kernel):>8.3f} | {t_xla * 1e3:>10.2f} {tf(t_xla):>8.3f} |"
-            f" {t_xla / t_kernel:>10.2f}")
+            f" {tf(t_kernel):>8.3f} {m_kernel:>7.1f} | {t_xla * 1e3:>10.2f} {tf(t_xla):>8.3f}"
+            f" {m_xla:>7.1f} | {t_xla / t_kernel:>10.2f} | {t_cudnn * 1e3:>9.2f}"
+            f" {t_cudnn / t_kernel:>12.2f}")
 
 
 def main():
