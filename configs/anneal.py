@@ -53,11 +53,12 @@ def get_config(arg: str = "tiny"):
   # High-quality source: the Python reference manual ('docs'), curated prose
   # about code. The mix ramps from the parent's to the anneal mix over the
   # first quarter of the stage (a data.schedule stage, resumable exactly).
-  c.data.sources.pydocs = c.data.sources.shakespeare.copy_and_resolve_references()
-  c.data.sources.pydocs.kind = "python_docs"
-  c.data.sources.pydocs.domain = "docs"
-  c.data.sources.pydocs.weight = 0.0  # absent at the start, like in the parent
-  c.data.sources.pydocs.max_doc_chars = 8_000
+  if "pydocs" not in c.data.sources:  # the two-domain data config lacks it
+    c.data.sources.pydocs = c.data.sources.shakespeare.copy_and_resolve_references()
+    c.data.sources.pydocs.kind = "python_docs"
+    c.data.sources.pydocs.domain = "docs"
+    c.data.sources.pydocs.weight = 0.0  # absent at the start, like in the parent
+    c.data.sources.pydocs.max_doc_chars = 8_000
   c.data.schedule = (dict(start=max(1, c.train.steps // 4), transition="linear",
                           weights=dict(pydocs=0.6, shakespeare=0.2, stdlib=0.2)),)
   return c

@@ -74,6 +74,8 @@ def get_config(arg: str = "tiny"):
   # 90/10 domain / replay.
   replay = float(opts.get("replay", 0.1))
   domain_source = {"code": "stdlib", "prose": "shakespeare"}[opts.get("domain", "code")]
-  for name in c.data.sources:
-    c.data.sources[name].weight = 1.0 - replay if name == domain_source else replay
+  others = [n for n in c.data.sources if n != domain_source]
+  for name in c.data.sources:  # the replay share split evenly over the general sources
+    c.data.sources[name].weight = 1.0 - replay if name == domain_source else replay / len(others)
+  c.data.schedule = ()  # a fixed mix: no pretraining anneal schedule inherited
   return c
