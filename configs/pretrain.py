@@ -146,6 +146,25 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.monitor.tensorboard = True
   c.monitor.plot = True  # loss-curve PNG in the workdir at the end
   c.monitor.progress = "auto"  # auto (tqdm on a tty) | bar | lines
+  # Loss-spike detection and rollback (maxlm/monitor/spikes.py, maxlm/train/rollback.py):
+  # a step whose loss leaves median +- k * 1.4826 * MAD of the last `window`
+  # steps (or whose grad norm jumps) restores the newest checkpoint followed by
+  # `good_after` clean steps and skips the data up to `margin_steps` past the spike.
+  c.monitor.spikes = ml_collections.ConfigDict(dict(
+      enabled=True,
+      method="mad",  # mad (median/MAD, robust) | ema
+      window=100,  # steps of history in the band
+      warmup=50,  # steps before it arms: the early loss falls too fast for a band
+      # Band half-widths in robust sigmas (0 = off). The grad norm is off by default:
+      # at small batch it jumps several-fold on clean data, and rollback is for bad data.
+      k_high=6.0, k_low=6.0, k_grad=0.0,
+      min_sigma=1e-3,  # a flat curve must not fire on rounding noise
+      ema_decay=0.98,
+      action="rollback",  # log | rollback | stop
+      good_after=50,  # clean steps after a checkpoint before it is trusted
+      margin_steps=10,  # batches skipped past the spike
+      max_rollbacks=3,  # then stop: the data is probably not the cause
+  ))
 
   # Multi-host: jax.distributed.initialize() with these (empty = auto-detect
   # on Cloud TPU / SLURM / Open MPI).

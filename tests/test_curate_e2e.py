@@ -28,6 +28,7 @@ def get_config(arg=None):
   c = pretrain.get_config("tiny")
   c.data.sources = ml_collections.ConfigDict()
   c.data.sources.curated = source(kind="jsonl", domain="prose", paths=({docs!r},))
+  c.data.schedule = ()  # the tiny config's mixture schedule names its own sources
   c.data.seq_len = 64
   c.data.eval_batches = 1
   c.data.heldout_fraction = 0.1

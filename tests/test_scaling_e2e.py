@@ -20,6 +20,8 @@ import sys
 
 import pytest
 
+from maxlm.scaling import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -33,8 +35,12 @@ def _cli(*args, timeout=400):
 @pytest.mark.slow
 def test_sweep_run_collect_fit_plot(tmp_path):
   root = tmp_path / "sweep"
+  # A few steps per run: the tiny variant's 20 warmup steps would exceed them.
+  extra = list(cli.load_config(os.path.join(ROOT, "configs/scaling_sweep.py:tiny")).launch.extra_overrides)
+  extra.append("--config.optim.schedule.warmup_steps=2")
   _cli("sweep", "--config=configs/scaling_sweep.py:tiny", f"--root={root}", "--set", "budgets=[1e10,3e10]",
-       "--set", "n_per_budget=2", "--set", "tokens_per_param=20.0", "--run")
+       "--set", "n_per_budget=2", "--set", "tokens_per_param=20.0", "--set", f"launch.extra_overrides={extra!r}",
+       "--run")
   with open(root / "points.jsonl") as f:
     points = [json.loads(line) for line in f]
   assert len(points) == 4

@@ -148,3 +148,68 @@ def test_pallas_attention_trains_like_xla(tmp_path, tokenizer_path, reference_ru
   assert got.keys() == want.keys()
   np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)],
                              rtol=2e-4)
+
+
+class _Poisoned:
+  """The driver's data iterator with batches [a, b) replaced by uniform random tokens.
+
+  A stand-in for a corrupt shard: its loss is far above the curve. The
+  position is part of the checkpointed state, so a rollback replays it.
+  """
+
+  def __init__(self, inner, a, b, vocab):
+    self.inner, self.a, self.b, self.vocab, self.pos = inner, a, b, vocab, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    rows, i = dict(next(self.inner)), self.pos
+    self.pos += 1
+    if self.a <= i < self.b:
+      rng = np.random.default_rng(i)
+      for k in ("inputs", "targets"):
+        rows[k] = rng.integers(0, self.vocab, rows[k].shape).astype(np.int32)
+    return rows
+
+  def get_state(self):
+    return json.dumps({"inner": self.inner.get_state(), "pos": self.pos}).encode()
+
+  def set_state(self, state):
+    d = json.loads(state)
+    self.inner.set_state(d["inner"])
+    self.pos = d["pos"]
+
+  def start_prefetch(self):
+    pass
+
+
+@pytest.mark.slow
+def test_loss_spike_rolls_back_and_skips_the_bad_window(tmp_path, tokenizer_path, monkeypatch):
+  from maxlm.train import driver
+  make = driver.data_lib.make_train_iterator
+  poisoned = []
+
+  def make_poisoned(*args, **kwargs):
+    poisoned.append(_Poisoned(make(*args, **kwargs), 24, 27, 512))
+    return poisoned[-1]
+
+  monkeypatch.setattr(driver.data_lib, "make_train_iterator", make_poisoned)
+  monkeypatch.setattr(driver.data_lib, "write_reports", lambda *a, **k: None)
+  cfg = tiny_test_config(**{
+      "data.tokenizer.path": tokenizer_path, "train.steps": 40, "ckpt.keep": 20,
+      "monitor.spikes.warmup": 10, "monitor.spikes.window": 20,
+      "monitor.spikes.good_after": 4, "monitor.spikes.margin_steps": 2})
+  summary = train(cfg, str(tmp_path))
+  assert summary["step"] == 40 and not summary["preempted"]
+  events = read_jsonl(os.path.join(tmp_path, "events.jsonl"))
+  assert [e["action"] for e in events] == ["rollback"], events
+  e = events[0]
+  assert e["step"] == 25 and e["values"]["loss"] > 6.0  # batch 24 is the first poisoned one
+  assert e["restore_step"] <= 24 and e["skip_batches"][0] == e["restore_step"]
+  assert e["skip_batches"][1] >= 27  # the whole bad window was skipped
+  assert sum(e["skipped_tokens"].values()) > 0
+  # After the rollback no poisoned batch reached the model: every final loss is on the curve.
+  losses = _losses(str(tmp_path))
+  assert sorted(losses) == list(range(1, 41))
+  assert max(losses[s] for s in range(e["restore_step"] + 1, 41)) < 5.5, losses

@@ -55,6 +55,21 @@ class Checkpointer:
       self._last_saved = step
     return saved
 
+  def restore(self, step: int, abstract_state, data_iter):
+    """Restores exactly `step` (no fallback): state, and the data iterator in place."""
+    restored = self._mngr.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                      data=grain.checkpoint.CheckpointRestore(data_iter)))
+    return restored["state"]
+
+  def delete_after(self, step: int) -> None:
+    """Drops checkpoints newer than `step` (a rollback replays those steps on other data)."""
+    self._mngr.wait_until_finished()
+    for s in self.all_steps():
+      if s > step:
+        self._mngr.delete(s)
+    self._last_saved = self._mngr.latest_step()
+
   def restore_latest(self, abstract_state, data_iter):
     """Restores the newest readable step into `abstract_state`'s shapes and shardings.
 
@@ -63,14 +78,12 @@ class Checkpointer:
     """
     for step in reversed(self.all_steps()):
       try:
-        restored = self._mngr.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                          data=grain.checkpoint.CheckpointRestore(data_iter)))
+        state = self.restore(step, abstract_state, data_iter)
       except Exception as e:  # pylint: disable=broad-except
         log.warning("checkpoint step %d in %s is unreadable (%s: %s); falling back to the"
                     " previous one", step, self.directory, type(e).__name__, e)
         continue
-      return restored["state"], step
+      return state, step
     return None, None
 
   def wait(self):

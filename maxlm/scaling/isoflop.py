@@ -92,7 +92,8 @@ def group_by_budget(c, rel_gap=0.1):
 
 
 def fit_parabolas(n, d, loss, c, budget, min_points=3):
-  """One parabola in log N per budget; budgets with too few points or no interior minimum are skipped.
+  """One parabola in log N per budget; budgets with too few points, a concave fit, or a
+  vertex outside the sizes tried (no interior minimum) are skipped.
 
   D at the vertex comes from the line log D ~ log N through the budget's runs,
   so it is right whichever FLOP count (6ND or 6ND + attention) made the sweep.
@@ -108,6 +109,10 @@ def fit_parabolas(n, d, loss, c, budget, min_points=3):
     if c2 <= 0:  # concave or flat: no minimum to read off
       continue
     x_opt = -c1 / (2 * c2)
+    if not x.min() <= x_opt <= x.max():
+      # The vertex lies outside the sizes tried: an extrapolated minimum of a
+      # quadratic is not a measurement; the sweep should be re-centred instead.
+      continue
     flops = float(np.exp(np.mean(np.log(c[m]))))  # geometric mean: runs of a budget differ by rounding
     slope, icpt = np.polyfit(x, np.log(d[m]), 1)
     out.append(Parabola(flops=flops, coef=(c2, c1, c0), n_opt=float(np.exp(x_opt)),

@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 
 from maxlm import data as data_lib
 from maxlm.checkpoint import Checkpointer, export_params
+from maxlm.eval import perplexity
 from maxlm.model import ModelConfig, flops_per_token
 from maxlm.monitor import MetricWriter, mfu, plot_loss_curve, read_jsonl
 from maxlm.optim import make_optimizer
@@ -29,6 +30,7 @@ from maxlm.sharding import batch_sharding, host_batch_to_global, make_mesh
 from maxlm.train import stages
 from maxlm.train.state import abstract_state, create_state, state_shardings
 from maxlm.train.step import eval_step, train_step
+from maxlm.train import rollback
 from maxlm.train.validate import validate_config
 
 log = logging.getLogger("maxlm.train")
@@ -75,20 +77,16 @@ def _summarise(ms, domains, *, elapsed_s, tokens_per_step, fpt, n_devices):
   return out
 
 
-def evaluate(eval_fn, params, eval_batches: dict, batch_sh, domains) -> dict:
-  """Held-out loss and perplexity per domain."""
-  out = {}
+def evaluate(eval_fn, params, eval_batches: dict, batch_sh, eval_bytes: dict) -> dict:
+  """Held-out loss, perplexity and bits per byte per domain."""
+  nats, tokens = {}, {}
   for name, batches in eval_batches.items():
-    total, count = 0.0, 0.0
+    nats[name] = tokens[name] = 0.0
     for b in batches:
       aux = jax.device_get(eval_fn(params, host_batch_to_global(b, batch_sh)))
-      total += float(aux["domain_loss_sum"].sum())
-      count += float(aux["domain_count"].sum())
-    if count:
-      out[f"eval/{name}/loss"] = total / count
-      out[f"eval/{name}/ppl"] = float(np.exp(total / count))
-  del domains
-  return out
+      nats[name] += float(aux["domain_loss_sum"].sum())
+      tokens[name] += float(aux["domain_count"].sum())
+  return perplexity.heldout_metrics(nats, tokens, eval_bytes)
 
 
 def train(config, workdir: str) -> dict:
@@ -125,14 +123,19 @@ def train(config, workdir: str) -> dict:
   multihost_utils.sync_global_devices("tokenizer")  # other hosts reuse host 0's file
   tokenizer_path = data_lib.build_tokenizer(config.data, workdir)
   domains = data_lib.domain_names(config.data)
+  spikes = rollback.make_monitor(config.monitor.get("spikes"))
   train_iter = data_lib.make_train_iterator(
       config.data, tokenizer_path=tokenizer_path, seq_len=seq_len,
       global_batch=t_cfg.global_batch, seed=t_cfg.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      keep_doc_ids=spikes is not None)  # a rollback records which documents it skipped
   eval_batches = data_lib.make_eval_batches(
       config.data, tokenizer_path=tokenizer_path, seq_len=seq_len,
       global_batch=t_cfg.global_batch, process_index=jax.process_index(),
       process_count=jax.process_count())
+  # Bits per byte compare runs with different tokenizers: bytes behind the scored targets.
+  eval_bytes = perplexity.heldout_bytes(
+      eval_batches, perplexity.token_byte_lengths(tokenizer_path, vocab_size=model_cfg.vocab_size))
 
   # ------------------------------------------------------------------ state
   # Stage chaining (maxlm/train/stages.py): config.init names a parent run or HF
@@ -194,14 +197,33 @@ def train(config, workdir: str) -> dict:
   step = start_step
   with jax.set_mesh(mesh), _Preemption() as preempt:
     while step < t_cfg.steps:
-      batch = host_batch_to_global(next(train_iter), batch_sh)
-      state, metrics = step_fn(state, batch)
+      host_batch = next(train_iter)
+      host_batch.pop("doc_ids", None)  # bookkeeping for rollback reports; not a model input
+      state, metrics = step_fn(state, host_batch_to_global(host_batch, batch_sh))
       pending.append(metrics)
       step += 1
       if step % t_cfg.log_every == 0 or step == t_cfg.steps or preempt.requested:
         # One device_get for the interval; it waits for the last step, so the
         # elapsed time below covers the compute, not just the async dispatch.
         host_metrics = jax.device_get(pending)
+        alarm = spikes and rollback.first_alarm(spikes, host_metrics, last_step=step)
+        if alarm:
+          event = alarm.event()
+          log.warning(alarm.message or f"loss spike at step {alarm.step}: {alarm.reasons}")
+          if alarm.action == "rollback":
+            state, skipped = rollback.roll_back(alarm, ckpt=ckpt, abstract_state=abstract,
+                                                train_iter=train_iter, domains=domains)
+            event.update(skipped)
+            spikes.rolled_back(alarm)
+            step, pending, t_interval = alarm.restore_step, [], time.time()
+          elif alarm.action == "stop":
+            preempt.requested = True  # saves this step and exits like a preemption
+          if is_main:
+            rollback.write_event(workdir, event)
+          if alarm.action == "rollback":
+            if bar is not None:
+              bar.n = step
+            continue
         last = _summarise(host_metrics, domains, elapsed_s=time.time() - t_interval,
                           tokens_per_step=tokens_per_step, fpt=fpt, n_devices=jax.device_count())
         last.update(tokens_seen=step * tokens_per_step, wall_s=time.time() - t_run)
@@ -216,20 +238,22 @@ def train(config, workdir: str) -> dict:
       if bar is not None:
         bar.update(1)
       if t_cfg.eval_every and step % t_cfg.eval_every == 0 and step < t_cfg.steps:
-        writer.write(step, evaluate(eval_fn, state["params"], eval_batches, batch_sh, domains))
+        writer.write(step, evaluate(eval_fn, state["params"], eval_batches, batch_sh, eval_bytes))
         t_interval = time.time()  # evaluation time is not training throughput
-      ckpt.save(step, state, train_iter, force=preempt.requested)
+      if ckpt.save(step, state, train_iter, force=preempt.requested) and spikes:
+        spikes.saved(step)
       if preempt.requested:
         break
 
     # ---------------------------------------------------------------- end
     finished = step >= t_cfg.steps
     if finished:
-      final_eval = evaluate(eval_fn, state["params"], eval_batches, batch_sh, domains)
+      final_eval = evaluate(eval_fn, state["params"], eval_batches, batch_sh, eval_bytes)
       writer.write(step, final_eval)
       last.update(final_eval)
       ckpt.save(step, state, train_iter, force=True)
   ckpt.close()
+  data_lib.write_reports(config.data, train_iter, workdir, process_index=jax.process_index())
   if hasattr(train_iter, "close"):  # stops Grain's prefetch threads before interpreter exit
     train_iter.close()
   if bar is not None:
