@@ -196,3 +196,22 @@ def test_overlapping_sources_hold_out_the_same_documents():
     held[name] = ({d.key.split(":", 1)[1] for d in h}, {d.key.split(":", 1)[1] for d in train})
   # No document is trained on by one source and held out by the other.
   assert not held["all"][0] & held["long"][1] and not held["long"][0] & held["all"][1]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".jsonl.zst"])
+def test_compressed_jsonl_reads_like_plain(tmp_path, suffix):
+  """maxlm.curate writes .jsonl.zst; the data pipeline reads it (and .gz) directly."""
+  import gzip
+  import json as json_lib
+  import zstandard
+  from maxlm.data import sources as sources_lib
+  from maxlm.data.config import source
+  lines = "".join(json_lib.dumps({"text": f"document {i}", "id": i}) + "\n" for i in range(5))
+  plain, packed = tmp_path / "a.jsonl", tmp_path / f"b{suffix}"
+  plain.write_text(lines)
+  data = lines.encode()
+  packed.write_bytes(gzip.compress(data) if suffix.endswith(".gz")
+                     else zstandard.ZstdCompressor().compress(data))
+  read = lambda p: [(d.text, d.meta["id"]) for d in sources_lib.load_documents(
+      dict(name="s", **source(kind="jsonl", domain="web", paths=(str(p),)).to_dict()))]
+  assert read(packed) == read(plain) == [(f"document {i}", i) for i in range(5)]

@@ -144,11 +144,24 @@ def _cut(text: str, max_chars: int) -> list[str]:
   return [p for p in pieces if p.strip()]
 
 
+def _read_bytes(path: str) -> bytes:
+  """File contents, decompressed by suffix (.gz, .zst: what maxlm.curate writes)."""
+  if path.endswith(".gz"):
+    import gzip  # pylint: disable=g-import-not-at-top
+    with gzip.open(path, "rb") as f:
+      return f.read()
+  if path.endswith(".zst"):
+    import zstandard  # pylint: disable=g-import-not-at-top
+    with open(path, "rb") as f:
+      return zstandard.ZstdDecompressor().stream_reader(f).read()
+  with open(path, "rb") as f:
+    return f.read()
+
+
 def _read_text(path: str, errors: ErrorLog) -> str | None:
   try:
-    with open(path, "rb") as f:
-      raw = f.read()
-  except OSError as e:
+    raw = _read_bytes(path)
+  except (OSError, EOFError, ValueError) as e:  # zstd/gzip corruption raises these
     errors.add(path, "unreadable_file", detail=str(e))
     return None
   try:
