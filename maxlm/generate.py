@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maxlm.model import ModelConfig
+from maxlm import checkpoint as checkpoint_lib
+from maxlm.model import ModelConfig, init_params
 from maxlm.model import decode as decode_lib
 from maxlm.model.transformer import forward_with_cache
 
@@ -282,11 +283,16 @@ def load_model(path: str, *, step: int | None = None):
     raise FileNotFoundError(f"{cfg_path} is missing: cannot tell the model's shape")
   with open(cfg_path) as f:
     cfg = ModelConfig.from_any(json.load(f)["model"])
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  # An explicit target (this process's devices) so checkpoints written on another
+  # device topology restore too; a target-less restore replays the saved shardings.
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
+      jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0))))
   if params_dir is not None:
-    params = ocp.StandardCheckpointer().restore(params_dir)
+    params = checkpoint_lib.load_params(params_dir, abstract)
   else:
-    params = ocp.StandardCheckpointer().restore(state_dir)["params"]
+    params = checkpoint_lib.load_state_params(state_dir, abstract)
   tok_path = os.path.join(workdir, "tokenizer", "tokenizer.model")
   if not os.path.isfile(tok_path):
     raise FileNotFoundError(f"{tok_path} is missing")

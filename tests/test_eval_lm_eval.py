@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-pytest.importorskip("lm_eval")
+import lm_eval  # noqa: E402,F401  (a core requirement)
 from lm_eval.api.instance import Instance  # noqa: E402
 
 from maxlm.eval.lm_eval_model import MaxlmLM  # noqa: E402
@@ -72,7 +72,6 @@ def test_generate_until_is_greedy_and_stops(bigram):
 
 def test_local_tasks_through_simple_evaluate(bigram, tmp_path):
   """A multiple-choice and a rolling-perplexity task from local JSONL through lm-eval itself."""
-  pytest.importorskip("datasets")
   import lm_eval
   from lm_eval.tasks import TaskManager
   lm, logp = bigram

@@ -16,8 +16,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch  # noqa: E402  (test requirement: requirements-test.txt)
+import transformers  # noqa: E402
 
 import maxlm  # noqa: E402
 from maxlm import ModelConfig  # noqa: E402

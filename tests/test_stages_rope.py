@@ -8,8 +8,8 @@ same logits (sequences longer than the original context, so scaling matters).
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch  # noqa: E402  (test requirement: requirements-test.txt)
+import transformers  # noqa: E402
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
 
 import maxlm  # noqa: E402

@@ -105,3 +105,18 @@ def load_params(directory: str, abstract_params=None):
   """Loads a params-only export; `abstract_params` (with shardings) places it directly."""
   ckptr = ocp.StandardCheckpointer()
   return ckptr.restore(os.path.abspath(directory), abstract_params)
+
+
+def load_state_params(state_dir: str, abstract_params):
+  """Only the params of a full-state checkpoint (`checkpoints/<step>/state`).
+
+  `abstract_params` (ShapeDtypeStructs with shardings) is an explicit target, so
+  a checkpoint written on another device topology restores onto this one.
+  """
+  target = dict(params=abstract_params)
+  return ocp.PyTreeCheckpointer().restore(
+      os.path.abspath(state_dir),
+      args=ocp.args.PyTreeRestore(item=target,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                  partial_restore=True))["params"]
+

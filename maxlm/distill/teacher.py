@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from maxlm import checkpoint as checkpoint_lib
 from maxlm.model import ModelConfig, init_params
 from maxlm.sharding import logical_shardings
 
@@ -43,7 +44,6 @@ def _check_tokenizer(teacher_tok: str, student_tok: str, path: str) -> None:
 def load_teacher(path: str, *, mesh, rules, student_vocab: int, tokenizer_path: str,
                  compute_dtype: str | None = None):
   """(teacher ModelConfig, params placed on `mesh`)."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
   cfg_path = os.path.join(path, "config.json")
   if not os.path.isfile(cfg_path):
@@ -65,15 +65,15 @@ def load_teacher(path: str, *, mesh, rules, student_vocab: int, tokenizer_path: 
     _check_tokenizer(teacher_tok, tokenizer_path, path)
     abstract = _abstract_params(cfg, mesh, rules)
     if os.path.isdir(os.path.join(path, "params")):
-      params = ocp.StandardCheckpointer().restore(os.path.join(path, "params"), abstract)
+      params = checkpoint_lib.load_params(os.path.join(path, "params"), abstract)
     else:
       ckpts = os.path.join(path, "checkpoints")
       steps = sorted(int(s) for s in os.listdir(ckpts) if s.isdigit()) if os.path.isdir(
           ckpts) else []
       if not steps:
         raise FileNotFoundError(f"distill.teacher={path!r} has neither params/ nor checkpoints/")
-      from maxlm.train.stages import restore_params  # pylint: disable=g-import-not-at-top
-      params = restore_params(os.path.join(ckpts, str(steps[-1]), "state"), abstract)
+      params = checkpoint_lib.load_state_params(os.path.join(ckpts, str(steps[-1]), "state"),
+                                                abstract)
   if cfg.vocab_size != student_vocab:
     raise ValueError(f"distill.teacher={path}: vocab_size {cfg.vocab_size} != the student's"
                      f" model.vocab_size {student_vocab}")

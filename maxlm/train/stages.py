@@ -47,6 +47,7 @@ import jax
 import numpy as np
 import optax
 
+from maxlm import checkpoint as checkpoint_lib
 from maxlm.model import ModelConfig
 
 log = logging.getLogger("maxlm.train")
@@ -260,13 +261,8 @@ def init_from_parent(parent: Parent, abstract_state, create_fn, model_cfg: Model
 
 
 def restore_params(state_dir: str, abstract_params):
-  """Only the params of a full-state checkpoint, into abstract_params' shapes and shardings
-  (an explicit target, so a checkpoint from another device topology restores too)."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  target = dict(params=abstract_params)
-  return ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
-      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-      partial_restore=True))["params"]
+  """Only the params of a full-state checkpoint (see maxlm.checkpoint.load_state_params)."""
+  return checkpoint_lib.load_state_params(state_dir, abstract_params)
 
 
 def _check_tree(host, abstract, parent):
