@@ -75,14 +75,14 @@ def get_config(arg="tiny"):
     # the steps; step overhead bounds a tiny model's speed on CPU). Next: budgets
     # from 1e12 up (3e12 costs ~3x the 1e12 runs' steps) or fewer, larger steps.
     c.root = "/tmp/maxlm_scaling_tiny"
-    c.budgets = [1e11, 3e11, 1e12]
+    c.budgets = [3e10, 1e11, 3e11]
     c.n_per_budget = 4
     c.n_span = 16.0  # sizes from centre/4 to centre*4
-    c.tokens_per_param = 60.0
+    c.tokens_per_param = 1500.0
     c.shape.vocab_size = 512  # configs/pretrain.py:tiny's vocabulary
     c.shape.aspect = 16.0
-    c.shape.head_dim = 16
-    c.shape.ff_multiple = 16
+    c.shape.head_dim = 8
+    c.shape.ff_multiple = 8
     c.train.seq_len = 128
     c.train.global_batch = 32
     c.train.peak_lr = 1e-2

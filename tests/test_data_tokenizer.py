@@ -89,3 +89,12 @@ def test_cli_train_and_report(tmp_path):
   assert res.returncode == 0, res.stderr
   assert out.exists() and (tmp_path / "cli.json").exists()
   assert "| code |" in res.stdout and "bytes/token" in res.stdout
+
+
+def test_too_large_vocab_for_the_sample_names_the_fields(tmp_path):
+  from maxlm.data.tokenizer import train_tokenizer
+  tok = dict(vocab_size=4096, train_chars=2000, pad_to_multiple=128, reserved_tokens=0,
+             special_tokens=())
+  texts = ["to be or not to be, that is the question " * 10]
+  with pytest.raises(ValueError, match=r"data\.tokenizer\.train_chars .*data\.tokenizer\.vocab_size"):
+    train_tokenizer(texts, str(tmp_path / "t.model"), tok)

@@ -4,6 +4,7 @@ collecting workdirs into the results CSV."""
 
 import csv
 import json
+import math
 import os
 import shlex
 import sys
@@ -62,10 +63,10 @@ def test_isoflop_points_spend_their_budget_exactly():
     # Whole steps: the realised compute is the budget to within one step.
     assert abs(p.flops - p.budget) <= 0.5 * p.global_batch * p.seq_len * fpt + 1
     assert p.n_non_embedding == cfg.param_counts()["non_embedding"]
-  # Each budget brackets the 20-tokens-per-parameter size from both sides.
+  # Each budget brackets its centre size, sqrt(C / (6 tokens_per_param)), from both sides.
   for c in config.budgets:
-    tpp = [p.tokens / p.n_non_embedding for p in points if p.budget == c]
-    assert min(tpp) < 20 < max(tpp)
+    n = [p.n_non_embedding for p in points if p.budget == c]
+    assert min(n) < math.sqrt(c / (6 * config.tokens_per_param)) < max(n)
 
 
 def test_names_are_deterministic_and_unique():

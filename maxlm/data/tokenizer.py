@@ -47,6 +47,18 @@ def train_tokenizer(texts, out_path: str, tok_config) -> str:
   reserved = [f"<reserved_{i}>" for i in range(n_reserved)]
   specials = list(tok_config.get("special_tokens", ()))
   proto = io.BytesIO()
+  try:
+    _train_spm(texts, proto, vocab, specials + reserved, tok_config)
+  except RuntimeError as e:  # e.g. "Vocabulary size too high" for a big vocab on a small sample
+    raise ValueError(
+        f"training a {vocab}-piece tokenizer failed: {e}. Raise data.tokenizer.train_chars"
+        f" (now {tok_config.get('train_chars')}) or lower data.tokenizer.vocab_size, or pass a"
+        " trained model with data.tokenizer.path (see `python -m maxlm.tokenizer train`)") from e
+  _atomic_write(out_path, proto.getvalue())
+  return out_path
+
+
+def _train_spm(texts, proto, vocab: int, user_symbols: list, tok_config) -> None:
   spm.SentencePieceTrainer.train(
       sentence_iterator=_sentences(texts), model_writer=proto,
       model_type="bpe", vocab_size=vocab,
@@ -56,12 +68,10 @@ def train_tokenizer(texts, out_path: str, tok_config) -> str:
       split_by_whitespace=True,
       character_coverage=float(tok_config.get("character_coverage", 0.9999)),
       pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-      user_defined_symbols=specials + reserved + ["\n"],
+      user_defined_symbols=user_symbols + ["\n"],
       max_sentence_length=4 * _SENTENCE_CHARS + 16,  # bytes; UTF-8 <= 4 per char
       input_sentence_size=0, shuffle_input_sentence=False,
       num_threads=1, minloglevel=2)
-  _atomic_write(out_path, proto.getvalue())
-  return out_path
 
 
 def build_tokenizer(data_config, workdir: str) -> str:

@@ -161,7 +161,12 @@ class Transformer(nn.Module):
     cfg, dt = self.cfg, jnp.dtype(self.cfg.compute_dtype)
     V, D = cfg.vocab_size, cfg.d_model
     emb_vd = self.param("embedding_vd", _init(cfg, ("vocab", "embed")), (V, D))
-    x_btd = jnp.take(emb_vd, tokens_bt, axis=0).astype(dt)
+    # The lookup reads the table gathered over fsdp but still split by vocab
+    # (SPMD turns that into a masked local gather + all-reduce); gathering
+    # straight from the (vocab, embed)-sharded table makes XLA replicate it.
+    emb_lookup_vd = nn.with_logical_constraint(emb_vd, ("vocab", None))
+    x_btd = jnp.take(emb_lookup_vd, tokens_bt, axis=0).astype(dt)
+    x_btd = nn.with_logical_constraint(x_btd, _ACT_BTD)
     if cache is not None:
       x_btd, cache = self._cached_layers(x_btd, segment_ids_bt, positions_bt, cache, fresh)
       return self._head(x_btd, emb_vd), cache
