@@ -5,7 +5,9 @@ r"""Pretraining a Llama-family decoder.
 `arg` picks a size preset and options, comma-separated:
   tiny | 10m | 125m | 350m | 1b | llama3_8b     model shape (see PRESETS)
   runlocal                                      CPU-sized batch, steps and seq_len
-Examples:  "125m"   "size=125m,runlocal"   "1b".
+  shakespeare_char                              nanoGPT's shakespeare_char CPU recipe
+                                                (run by bench/shakespeare_char.py)
+Examples:  "125m"   "size=125m,runlocal"   "1b"   "shakespeare_char".
 Any field can be overridden on the command line, e.g.
   --config.train.steps=500 --config.optim.peak_lr=1e-3 --config.mesh.fsdp=-1
 and a mistyped name fails (the config is locked).
@@ -166,6 +168,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       max_rollbacks=3,  # then stop: the data is probably not the cause
   ))
 
+  if opts.get("shakespeare_char"):
+    shakespeare_char(c, opts.get("path", SHAKESPEARE_PATH))
+
   # Multi-host: jax.distributed.initialize() with these (empty = auto-detect
   # on Cloud TPU / SLURM / Open MPI).
   c.distributed = ml_collections.ConfigDict()
@@ -173,4 +178,44 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.distributed.coordinator_address = ""
   c.distributed.num_processes = -1
   c.distributed.process_id = -1
+
+  # In-training probes (maxlm/eval/probes.py): a probe JSONL ('' = off), scored
+  # every `probe_every` steps (0 = only at the end) into metrics.jsonl as probe/*.
+  c.eval = ml_collections.ConfigDict(dict(probes="", probe_every=0))
   return c
+
+
+# The char-rnn text; outside the repository (tests never read it).
+SHAKESPEARE_PATH = "../shared/data/tinyshakespeare/input.txt"
+
+
+def shakespeare_char(c: ml_collections.ConfigDict, path: str) -> None:
+  """nanoGPT's shakespeare_char CPU recipe, with a Llama block in place of GPT-2's.
+
+  nanoGPT: 4 layers, 4 heads, n_embd 128, block 64, batch 12, 2000 iters, lr 1e-3
+  cosine to 1e-4, warmup 100, beta2 0.99, wd 0.1, clip 1.0, dropout 0, tied
+  embeddings; characters as tokens (the 65 of the text), 90/10 contiguous split.
+  The driver's data pipeline has no character tokenizer, so bench/shakespeare_char.py
+  trains this config with its own char codec and nanoGPT-style random windows.
+  """
+  c.model.update(dict(
+      vocab_size=128,  # the 65 characters, padded; unused ids are never targets
+      d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, head_dim=32,
+      d_ff=344,  # SwiGLU at GPT-2's 4*D MLP parameter count: 2/3 * 4 * 128, rounded to 8
+      tie_embeddings=True,  # as nanoGPT (wte shared with lm_head)
+      dropout=0.0))  # the CPU recipe; the GPU recipe uses 0.2
+  c.data.sources = ml_collections.ConfigDict(dict(tinyshakespeare=dict(
+      kind="text_files", domain="prose", weight=1.0, paths=(path,))))
+  c.data.seq_len = 64  # nanoGPT block_size
+  c.data.val_fraction = 0.1  # the last 10% of the text, contiguous (nanoGPT's prepare.py)
+  c.optim.peak_lr = 1e-3
+  c.optim.b2 = 0.99  # nanoGPT: small batches want a longer second-moment memory
+  c.optim.weight_decay = 0.1
+  c.optim.clip_norm = 1.0
+  c.optim.schedule.name = "cosine"
+  c.optim.schedule.warmup_steps = 100
+  c.optim.schedule.min_lr_ratio = 0.1  # 1e-4
+  c.train.steps = 2000
+  c.train.global_batch = 12
+  c.train.eval_every = 250
+  c.data.schedule = ()

@@ -61,24 +61,28 @@ def get_config(arg="tiny"):
   c.launch.extra_overrides = []  # appended to every command, e.g. ["--config.eval.every=100"]
 
   if arg == "tiny":
-    # CPU miniature (docs/scaling.md): 3 budgets x 4 sizes. NOT YET CALIBRATED to an
-    # interior minimum at every budget: measured with these settings (eval_loss),
-    # the smallest shape still wins at 1e11 (d16_l1, N = 3.4k: 3.61 vs 3.87 at 13k)
-    # and at 3e11 (d16_l2, 6.7k: 3.39 vs 3.49 at 13k). Why: at this scale the LM
-    # head (6 V d FLOPs per token, V = 512) and attention (12 L d T) cost as much as
-    # the blocks, and every model here is still data-starved, so the extra tokens a
-    # smaller model buys win; each run also pays ~20-120 s of start-up on a loaded
-    # 2-core machine whatever its size. What changed from the first sweep: sizes
-    # centred at 60 (not 20) non-embedding tokens per parameter, down to d_model 16
-    # (aspect 16, head_dim 16: at aspect 32 neighbouring targets round to one
-    # shape), LR 1e-2 (3e-3 left 250-step runs ~0.17 nats behind), batch 32 (half
-    # the steps; step overhead bounds a tiny model's speed on CPU). Next: budgets
-    # from 1e12 up (3e12 costs ~3x the 1e12 runs' steps) or fewer, larger steps.
+    # CPU miniature (docs/scaling.md "The CPU miniature"): 3 budgets x 3-4 shapes,
+    # each budget with an interior minimum, ~10 minutes on 2 shared cores.
+    # Why it is calibrated this way: at this scale the LM head (6 V d FLOPs per
+    # token, V = 512) and attention (12 L d T) cost as much as the blocks, and
+    # every model is data-starved, so a smaller model's extra tokens win unless
+    # the smallest shape is small enough to be capacity-bound. A first sweep
+    # (budgets 1e11..1e12, sizes from 13k non-embedding params, 20 tokens per
+    # param, LR 3e-3) had no minimum at 1e11 or 3e11; measured here, the
+    # optimum sits at ~3-7k non-embedding params for 5e10..3e11 FLOPs, i.e.
+    # hundreds of tokens per non-embedding parameter (embeddings are most of
+    # these models). Hence: centre at 800 tokens per param, a factor 32 of
+    # sizes down to d_model = 8; aspect 16, head_dim 8, ff_multiple 8 so the
+    # shape rule has distinct shapes there (coarser rounding merges them); LR
+    # 1e-2 (3e-3 left 250-step runs ~0.17 nats behind); batch 32 (half the
+    # steps of 16: step overhead, not FLOPs, bounds these models on CPU).
+    # Budgets: at 3e10 the d_model-8 model still wins; 1e12 would cost ~10M
+    # tokens per budget at d_model 16, more than the whole sweep's time.
     c.root = "/tmp/maxlm_scaling_tiny"
-    c.budgets = [3e10, 1e11, 3e11]
-    c.n_per_budget = 4
-    c.n_span = 16.0  # sizes from centre/4 to centre*4
-    c.tokens_per_param = 1500.0
+    c.budgets = [5e10, 1e11, 3e11]
+    c.n_per_budget = 5  # targets; 4 distinct shapes survive rounding at each budget
+    c.n_span = 32.0  # sizes from centre/5.7 to centre*5.7
+    c.tokens_per_param = 800.0
     c.shape.vocab_size = 512  # configs/pretrain.py:tiny's vocabulary
     c.shape.aspect = 16.0
     c.shape.head_dim = 8

@@ -243,12 +243,25 @@ class Tokenizer:
 
 
 def _hf_special_ids(hf_dir: str, tok: Tokenizer) -> None:
+  """BOS / EOS ids from config.json, else from tokenizer_config.json's token strings.
+
+  Exports (maxlm.interop) and some checkpoints carry no ids in config.json;
+  their tokenizer_config.json names the tokens ("<s>", or {"content": "<s>"}).
+  """
   with open(os.path.join(hf_dir, "config.json")) as f:
     hf = json.load(f)
+  tok_cfg = {}
+  if os.path.isfile(os.path.join(hf_dir, "tokenizer_config.json")):
+    with open(os.path.join(hf_dir, "tokenizer_config.json")) as f:
+      tok_cfg = json.load(f)
   for name in ("bos", "eos"):
     v = hf.get(f"{name}_token_id")
     if isinstance(v, list):
       v = v[0] if v else None
+    if v is None and tok._hf is not None:
+      text = tok_cfg.get(f"{name}_token")
+      text = text.get("content") if isinstance(text, dict) else text
+      v = tok._hf.token_to_id(text) if isinstance(text, str) else None
     if v is not None:
       setattr(tok, f"{name}_id", int(v))
 
@@ -282,7 +295,8 @@ def load_model(path: str, *, step: int | None = None):
   if not os.path.isfile(cfg_path):
     raise FileNotFoundError(f"{cfg_path} is missing: cannot tell the model's shape")
   with open(cfg_path) as f:
-    cfg = ModelConfig.from_any(json.load(f)["model"])
+    run_config = json.load(f)
+  cfg = ModelConfig.from_any(run_config["model"])
   # An explicit target (this process's devices) so checkpoints written on another
   # device topology restore too; a target-less restore replays the saved shardings.
   abstract = jax.tree.map(
@@ -295,7 +309,12 @@ def load_model(path: str, *, step: int | None = None):
     params = checkpoint_lib.load_state_params(state_dir, abstract)
   tok_path = os.path.join(workdir, "tokenizer", "tokenizer.model")
   if not os.path.isfile(tok_path):
-    raise FileNotFoundError(f"{tok_path} is missing")
+    # A run given a ready tokenizer (data.tokenizer.path) uses it in place, no copy.
+    given = run_config.get("data", {}).get("tokenizer", {}).get("path") or ""
+    if not os.path.isfile(given):
+      raise FileNotFoundError(f"{tok_path} is missing and the run's data.tokenizer.path"
+                              f" ({given!r}) is not a file")
+    tok_path = given
   tok = Tokenizer(tok_path)
   _check_vocab(cfg, tok, path)
   return cfg, params, tok

@@ -40,21 +40,22 @@ def test_score_texts_matches_numpy():
   cfg, params = _model()
   tok = ByteTokenizer()
   texts = ["héllo wörld\n", "中文测试。", "def f(x):\n    return x\n" * 2]
-  max_len = 24  # the last text (48 bytes) spans two windows
+  max_len = 20  # the last text (48 bytes) spans three windows, the last one short
   got = perplexity.score_texts(cfg, params, tok, texts, max_len=max_len, batch_size=4)
   nats, n_tok = 0.0, 0
   for t in texts:
     ids = tok.encode(t)
     for start in range(0, len(ids), max_len):
-      ctx = [tok.bos_id] if start == 0 else [ids[start - 1]]
-      seq = ctx + ids[start:start + max_len]
+      # Later windows: as much context as fills max_len + 1 tokens.
+      seq = [tok.bos_id] + ids[:max_len] if start == 0 else ids[:start + max_len][-max_len - 1:]
       # Right-padded to one length (one compile); padding is in the causal future.
       buf = np.zeros((1, 32), np.int32)
       buf[0, :len(seq) - 1] = seq[:-1]
       logits = np.asarray(forward(cfg, params, jnp.asarray(buf)), np.float64)[0]
       lp = _log_softmax(logits)
-      nats -= sum(lp[i, seq[i + 1]] for i in range(len(seq) - 1))
-      n_tok += len(seq) - 1
+      c = len(ids[start:start + max_len])  # scored tokens; the rest of seq is context
+      nats -= sum(lp[i, seq[i + 1]] for i in range(len(seq) - 1 - c, len(seq) - 1))
+      n_tok += c
   n_bytes = sum(len(t.encode()) for t in texts)
   assert got["tokens"] == n_tok == n_bytes and got["bytes"] == n_bytes
   np.testing.assert_allclose(got["nats"], nats, rtol=1e-5)

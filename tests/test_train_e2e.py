@@ -213,3 +213,31 @@ def test_loss_spike_rolls_back_and_skips_the_bad_window(tmp_path, tokenizer_path
   losses = _losses(str(tmp_path))
   assert sorted(losses) == list(range(1, 41))
   assert max(losses[s] for s in range(e["restore_step"] + 1, 41)) < 5.5, losses
+
+
+@pytest.mark.slow
+def test_skip_action_refuses_the_poisoned_updates_in_the_step(tmp_path, tokenizer_path,
+                                                              monkeypatch):
+  """action=skip: the jitted step refuses the poisoned batches; the run goes on without them."""
+  from maxlm.train import driver
+  make = driver.data_lib.make_train_iterator
+  monkeypatch.setattr(driver.data_lib, "make_train_iterator",
+                      lambda *a, **k: _Poisoned(make(*a, **k), 24, 27, 512))
+  monkeypatch.setattr(driver.data_lib, "write_reports", lambda *a, **k: None)
+  cfg = tiny_test_config(**{
+      "data.tokenizer.path": tokenizer_path, "train.steps": 32, "monitor.plot": True,
+      "monitor.spikes.warmup": 10, "monitor.spikes.window": 20,
+      "monitor.spikes.action": "skip"})
+  summary = train(cfg, str(tmp_path))
+  assert summary["step"] == 32 and not summary["preempted"] and summary["skipped_steps"] == 3
+  events = read_jsonl(os.path.join(tmp_path, "events.jsonl"))
+  skipped = [e["step"] for e in events if e["action"] == "skip"]
+  assert skipped == [25, 26, 27], events  # batches 24..26 are updates 25..27
+  rows = {r["step"]: r for r in read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+          if "loss" in r}
+  assert [s for s, r in rows.items() if r["skipped"] == 1.0] == [25, 26, 27]
+  # The new per-step metrics reach the JSONL lines.
+  assert {"grad_norm/attention", "grad_norm/embedding", "grad_norm/lm_head", "grad_norm/mlp",
+          "grad_norm/norms", "update_rms_ratio", "max_abs_logit"} <= set(rows[32])
+  assert max(rows[s]["loss"] for s in range(28, 33)) < 5.5  # no poisoned update got in
+  assert os.path.exists(tmp_path / "loss.png")

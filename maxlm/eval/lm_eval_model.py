@@ -46,6 +46,11 @@ class MaxlmLM(LM):
     self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
     self.max_length = int(max_length or 2048)
     self.add_bos = add_bos if isinstance(add_bos, bool) else str(add_bos).lower() == "true"
+    if (self._prefix() or [self.tok.eos_id])[0] < 0:
+      # Empty contexts and rolling windows are conditioned on BOS, else EOS; an
+      # id of -1 would silently index the last vocabulary row.
+      raise ValueError(f"tokenizer {getattr(self.tok, 'path', '')} has no BOS or EOS id"
+                       f" (add_bos={self.add_bos}): nothing to condition a first token on")
 
   # ------------------------------------------------------------------ helpers
   def _prefix(self) -> list[int]:

@@ -24,6 +24,7 @@ pretraining shows here), and plots each probe's value over the checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Sequence
@@ -135,6 +136,36 @@ def run_probes(model_config, params, tokenizer, probes: Sequence[Probe], *,
       out.append(dict(id=p.id, type=p.type, tags=list(p.tags), score=p.score, scores=vals,
                       margin=margin, passed=bool(margin > 0)))
   return out
+
+
+def probe_metrics(model_config, params, tokenizer_path: str, probes: Sequence[Probe], *,
+                  max_len: int | None = None, batch_size: int = 8) -> dict[str, float]:
+  """Scalars for a training run's metrics.jsonl: `probe/<id>/<field>` per probe.
+
+  completion: logp (total nats) and mean_logp; contrastive: margin (nats) and
+  pass (1.0 / 0.0); and probe/pass_frac over the contrastive probes. The
+  driver loads `probes` once (a bad file fails before training starts); the
+  tokenizer is loaded once per path.
+  """
+  results = run_probes(model_config, params, _tokenizer(tokenizer_path), probes,
+                       max_len=max_len, batch_size=batch_size)
+  out = {}
+  for r in results:
+    key = f"probe/{r['id']}"
+    if r["type"] == "completion":
+      out[f"{key}/logp"], out[f"{key}/mean_logp"] = float(r["logprob"]), float(r["mean_logprob"])
+    else:
+      out[f"{key}/margin"], out[f"{key}/pass"] = float(r["margin"]), float(r["passed"])
+  passes = [v for k, v in out.items() if k.endswith("/pass")]
+  if passes:
+    out["probe/pass_frac"] = sum(passes) / len(passes)
+  return out
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: str):
+  from maxlm.generate import Tokenizer  # pylint: disable=g-import-not-at-top
+  return Tokenizer(path)
 
 
 def probe_value(result: dict) -> float:

@@ -108,14 +108,19 @@ def rolling_windows(ids: Sequence[int], max_len: int, prefix_id: int) -> list[tu
   """(context, continuation) windows that score every token of `ids` exactly once.
 
   The first window is conditioned on `prefix_id` (BOS); each later one on the
-  last token of the window before it, so windows do not overlap and a long
-  text costs len(ids) / max_len forwards. Tokens near a window start see less
-  context than in one long pass; that is the usual price (lm-eval's rolling
-  loglikelihood with context_len=1 does the same).
+  tokens before it, as many as fit: one for a full window, more for a short
+  last window, so every window fills max_len + 1 tokens and a long text costs
+  len(ids) / max_len forwards. Tokens near a window start see less context
+  than in one long pass; that is the usual price. These are exactly lm-eval's
+  windows (utils.get_rolling_token_windows with context_len=1, made disjoint),
+  so `loglikelihood_rolling` matches its hf model (tests/test_eval_lm_eval_hf.py).
   """
   ids = list(ids)
   out = []
   for start in range(0, len(ids), max_len):
-    ctx = [prefix_id] if start == 0 else [ids[start - 1]]
-    out.append((ctx, ids[start:start + max_len]))
+    end = min(start + max_len, len(ids))
+    # A later window's context ends at `start` and reaches back so the window
+    # is max_len + 1 tokens long (start >= max_len, so the slice starts >= 0).
+    ctx = [prefix_id] if start == 0 else ids[end - max_len - 1:start]
+    out.append((ctx, ids[start:end]))
   return out

@@ -46,7 +46,7 @@ _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
 # ModelConfig fields an import may override: numerics and execution, and RoPE
 # (context extension of an imported model). Shape fields must come from the checkpoint.
 _OVERRIDABLE = ("compute_dtype", "param_dtype", "remat", "attention_impl", "scan_layers",
-                "init_std", "rope_theta", "rope_scaling", "norm_eps")
+                "init_std", "rope_theta", "rope_scaling", "norm_eps", "dropout", "z_loss")
 _SAVE_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -166,6 +166,8 @@ def hf_config_from_model(model_config, *, dtype: str = "float32",
   to RoPE types that read it (dynamic NTK, YaRN without an explicit original length).
   """
   cfg = ModelConfig.from_any(model_config)
+  if cfg.qk_norm:  # LlamaForCausalLM has no q/k norms: exporting would drop trained weights
+    raise ValueError("model.qk_norm=True has no LlamaForCausalLM equivalent; export refused")
   scaling = cfg.rope_scaling_dict
   scaling = None if scaling is None else {k: list(v) if isinstance(v, tuple) else v
                                           for k, v in scaling.items()}

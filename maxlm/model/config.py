@@ -36,6 +36,10 @@ class ModelConfig:
   attention_impl: str = "xla"  # one of ATTENTION_IMPLS
   scan_layers: bool = True  # lax.scan over layers: one compiled block, fast compile
   init_std: float = 0.02
+  # Stability options of recent model families; the defaults are the plain Llama block.
+  z_loss: float = 0.0  # PaLM: adds z_loss * log(Z)^2 per token; keeps the softmax normaliser near 1
+  qk_norm: bool = False  # OLMo 2 / Gemma 3: RMSNorm over H on q and k before RoPE (bounds attn logits)
+  dropout: float = 0.0  # on the attention and MLP outputs, training only (nanoGPT's resid_dropout)
 
   def __post_init__(self):
     # Frozen dataclass: convert a mutable dict once so the config is hashable
@@ -66,6 +70,10 @@ class ModelConfig:
       raise ValueError(f"model.remat={self.remat!r} is not one of {REMAT_POLICIES}")
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"model.attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+    if self.z_loss < 0:
+      raise ValueError(f"model.z_loss={self.z_loss} must be >= 0")
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff"):
       if getattr(self, name) <= 0:
         raise ValueError(f"model.{name}={getattr(self, name)} must be positive")
@@ -75,7 +83,7 @@ class ModelConfig:
     D, F, V, L = self.d_model, self.d_ff, self.vocab_size, self.n_layers
     attn = D * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
     mlp = 3 * D * F
-    per_layer = attn + mlp + 2 * D
+    per_layer = attn + mlp + 2 * D + (2 * self.head_dim if self.qk_norm else 0)
     embed = V * D * (1 if self.tie_embeddings else 2)
     non_embed = L * per_layer + D
     return dict(total=non_embed + embed, embedding=embed, non_embedding=non_embed)

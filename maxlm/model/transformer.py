@@ -10,6 +10,12 @@ config.
 Logical axis names: batch, length, act_embed (activations), and for weights
 vocab, embed, heads, kv, head_dim, mlp, layers (the scanned layer axis).
 
+Stability options (ModelConfig): `qk_norm` adds an RMSNorm over H on q and k
+before RoPE (OLMo 2, Gemma 3; params `q_norm`/`k_norm`, each `scale_h`);
+`dropout` drops the attention and MLP outputs before the residual add, only in
+the training module (`deterministic=False`, which needs a 'dropout' rng). With
+the defaults neither adds a param or an op, so trees and HF interop are unchanged.
+
 Generation passes an optional KV cache (maxlm/model/decode.py) through the
 same modules: the cache is an explicit pytree argument and result, never a
 flax variable collection, so the params tree and `forward` are unchanged.
@@ -36,17 +42,28 @@ def _init(cfg: ModelConfig, names, std=None):
 
 
 class RMSNorm(nn.Module):
-  """RMSNorm (Zhang & Sennrich 2019), statistics in float32 whatever the input dtype."""
+  """RMSNorm (Zhang & Sennrich 2019) over the last axis, statistics in float32.
+
+  The model dim by default (`scale_d`, axis 'embed'); QK-norm uses it over the
+  head dim (`scale_h`, axis 'head_dim').
+  """
   eps: float
   dtype: jnp.dtype
+  scale_name: str = "scale_d"
+  axis_name: str = "embed"
 
   @nn.compact
   def __call__(self, x_btd):
-    scale_d = self.param("scale_d", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+    scale_d = self.param(self.scale_name,
+                         nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
                          (x_btd.shape[-1],), jnp.float32)
     x = x_btd.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
     return (x * scale_d).astype(self.dtype)
+
+
+def _head_norm(cfg: ModelConfig, dt, name: str) -> RMSNorm:
+  return RMSNorm(cfg.norm_eps, dt, scale_name="scale_h", axis_name="head_dim", name=name)
 
 
 class Attention(nn.Module):
@@ -66,6 +83,11 @@ class Attention(nn.Module):
     q_btnh = jnp.einsum("btd,dnh->btnh", x_btd, w_q_dnh.astype(dt))
     k_btkh = jnp.einsum("btd,dkh->btkh", x_btd, w_k_dkh.astype(dt))
     v_btkh = jnp.einsum("btd,dkh->btkh", x_btd, w_v_dkh.astype(dt))
+    if cfg.qk_norm:
+      # Before RoPE, as OLMo 2 / Gemma 3: the rotation preserves the norm, so the
+      # attention logits stay bounded by |scale_q| |scale_k| H whatever the weights do.
+      q_btnh = _head_norm(cfg, dt, "q_norm")(q_btnh)
+      k_btkh = _head_norm(cfg, dt, "k_norm")(k_btkh)
     inv_freq_h = rope.inv_frequencies(H, cfg.rope_theta, cfg.rope_scaling_dict)
     q_btnh = rope.apply_rope(q_btnh, positions_bt, inv_freq_h)
     k_btkh = rope.apply_rope(k_btkh, positions_bt, inv_freq_h)
@@ -98,6 +120,12 @@ class MLP(nn.Module):
 class Block(nn.Module):
   """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
   cfg: ModelConfig
+  deterministic: bool = True  # False: dropout on (training), needs a 'dropout' rng
+
+  def _drop(self, y_btd):
+    if self.cfg.dropout == 0.0:  # no op at all: the default model is unchanged
+      return y_btd
+    return nn.Dropout(self.cfg.dropout, deterministic=self.deterministic)(y_btd)
 
   @nn.compact
   def __call__(self, x_btd, segment_ids_bt, positions_bt, kv=None):
@@ -106,12 +134,12 @@ class Block(nn.Module):
     h_btd = RMSNorm(cfg.norm_eps, dt, name="attn_norm")(x_btd)
     attn = Attention(cfg, name="attn")
     if kv is None:
-      x_btd = x_btd + attn(h_btd, segment_ids_bt, positions_bt)
+      x_btd = x_btd + self._drop(attn(h_btd, segment_ids_bt, positions_bt))
     else:
       a_btd, kv = attn(h_btd, segment_ids_bt, positions_bt, kv)
       x_btd = x_btd + a_btd
     h_btd = RMSNorm(cfg.norm_eps, dt, name="mlp_norm")(x_btd)
-    x_btd = x_btd + MLP(cfg, name="mlp")(h_btd)
+    x_btd = x_btd + self._drop(MLP(cfg, name="mlp")(h_btd))
     x_btd = nn.with_logical_constraint(x_btd, _ACT_BTD)
     return x_btd if kv is None else (x_btd, kv)
 
@@ -119,10 +147,12 @@ class Block(nn.Module):
 class _ScannedBlock(nn.Module):
   """Block with the (carry, xs) signature nn.scan wants."""
   cfg: ModelConfig
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x_btd, segment_ids_bt, positions_bt):
-    return Block(self.cfg, name="block")(x_btd, segment_ids_bt, positions_bt), None
+    block = Block(self.cfg, self.deterministic, name="block")
+    return block(x_btd, segment_ids_bt, positions_bt), None
 
 
 class _CachedScannedBlock(nn.Module):
@@ -153,8 +183,10 @@ class Transformer(nn.Module):
   tokens' keys and values are written at cache.index and attention reads the
   whole cache. `fresh=True` says the cache is empty (prefill), so attention
   over the new tokens alone goes through the configured implementation.
+  `deterministic=False` is the training module: dropout on (when cfg.dropout > 0).
   """
   cfg: ModelConfig
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, tokens_bt, segment_ids_bt, positions_bt, cache=None, fresh=False):
@@ -175,13 +207,17 @@ class Transformer(nn.Module):
     if cfg.remat != "none":
       block_cls = nn.remat(block_cls, policy=_remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
-      stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+      # Each layer draws its own dropout mask: split the 'dropout' rng like the params'.
+      stack = nn.scan(block_cls, variable_axes={"params": 0},
+                      split_rngs={"params": True, "dropout": True},
                       in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layers,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x_btd, _ = stack(cfg, name="layers")(x_btd, segment_ids_bt, positions_bt)
+      x_btd, _ = stack(cfg, self.deterministic, name="layers")(x_btd, segment_ids_bt,
+                                                               positions_bt)
     else:
       for i in range(cfg.n_layers):
-        x_btd, _ = block_cls(cfg, name=f"layer_{i}")(x_btd, segment_ids_bt, positions_bt)
+        x_btd, _ = block_cls(cfg, self.deterministic, name=f"layer_{i}")(
+            x_btd, segment_ids_bt, positions_bt)
     return self._head(x_btd, emb_vd)
 
   def _cached_layers(self, x_btd, segment_ids_bt, positions_bt, cache, fresh):
@@ -232,8 +268,8 @@ def default_segments_and_positions(tokens_bt, segment_ids_bt=None, positions_bt=
 
 
 @functools.lru_cache(maxsize=None)
-def _module(cfg: ModelConfig) -> Transformer:
-  return Transformer(cfg)
+def _module(cfg: ModelConfig, deterministic: bool = True) -> Transformer:
+  return Transformer(cfg, deterministic)
 
 
 def init_params(model_config, rng, *, boxed: bool = False):
@@ -245,21 +281,31 @@ def init_params(model_config, rng, *, boxed: bool = False):
   return params if boxed else nn.meta.unbox(params)
 
 
-def forward(model_config, params, tokens, segment_ids=None, positions=None):
+def forward(model_config, params, tokens, segment_ids=None, positions=None, *,
+            dropout_rng=None):
   """The public forward pass: float32 logits [B, T, V].
 
   `segment_ids` [B, T] (int, 0 = padding) keep packed documents apart;
   `positions` [B, T] are per-document positions used by RoPE. Jitted (the
-  config is static); inside another jit it simply inlines.
+  config is static); inside another jit it simply inlines. Deterministic
+  unless `dropout_rng` is given and cfg.dropout > 0 (the training step).
   """
   cfg = ModelConfig.from_any(model_config)
   seg, pos = default_segments_and_positions(jnp.asarray(tokens), segment_ids, positions)
-  return _forward(cfg, params, tokens, seg, pos)
+  if dropout_rng is None or cfg.dropout == 0.0:
+    return _forward(cfg, params, tokens, seg, pos)
+  return _forward_train(cfg, params, tokens, seg, pos, dropout_rng)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _forward(cfg: ModelConfig, params, tokens_bt, segment_ids_bt, positions_bt):
   return _module(cfg).apply({"params": params}, tokens_bt, segment_ids_bt, positions_bt)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward_train(cfg: ModelConfig, params, tokens_bt, segment_ids_bt, positions_bt, rng):
+  return _module(cfg, False).apply({"params": params}, tokens_bt, segment_ids_bt, positions_bt,
+                                   rngs={"dropout": rng})
 
 
 def forward_with_cache(model_config, params, tokens_bt, segment_ids_bt, positions_bt, cache,

@@ -6,7 +6,7 @@
   collect DIR --out=R.csv     one CSV row per finished point
   fit     R.csv [--n-col N] [--d-col D | --c-col C] [--loss-col L]
           [--drop-highest K] [--method approach3|approach2|kaplan|all]
-          [--bootstrap B] [--predict-flops C ...] [--predict-nd N:D ...]
+          [--flops-col F] [--bootstrap B] [--predict-flops C ...] [--predict-nd N:D ...]
           [--plot-dir DIR] [--json]
   mix-ratio R.csv --r-col R --domain-loss-col LD --general-loss-col LG
           --max-general-increase T [--n-col N --d-col D] [--n N --d D]
@@ -83,6 +83,14 @@ def read_table(path, n_col, loss_col, d_col=None, c_col=None, budget_col=None, d
   return dict(n=n, d=d, c=c, loss=loss, budget=budget)
 
 
+def _column(path, name, loss_col, drop_highest=0):
+  """One float column, with the same rows read_table keeps (loss present, K highest dropped)."""
+  with open(path, newline="") as f:
+    rows = [r for r in csv.DictReader(f) if r.get(loss_col, "") not in ("", None)]
+  x, loss = np.array([float(r[name]) for r in rows]), np.array([float(r[loss_col]) for r in rows])
+  return x[loss < np.sort(loss)[-drop_highest]] if drop_highest else x
+
+
 def _fit(args):
   t = read_table(args.csv, args.n_col, args.loss_col, args.d_col, args.c_col, args.budget_col, args.drop_highest)
   out, fit3, fit2 = {}, None, None
@@ -101,7 +109,11 @@ def _fit(args):
       out["predictions"].append(pred)
   if "approach2" in methods:
     budget = t["budget"] if t["budget"] is not None else isoflop.group_by_budget(t["c"], args.budget_tol)
-    fit2 = isoflop.fit(t["n"], t["d"], t["loss"], c=t["c"], budget=budget)
+    # --flops-col: each run's compute as the sweep counted it (the results CSV's
+    # exact `flops`); 6ND with non-embedding N undercounts tiny models several-fold
+    # (their LM head and attention), which would bend N_opt(C).
+    c2 = t["c"] if args.flops_col is None else _column(args.csv, args.flops_col, args.loss_col, args.drop_highest)
+    fit2 = isoflop.fit(t["n"], t["d"], t["loss"], c=c2, budget=budget)
     out["approach2"] = dict(fit2.to_json(), compute_optimal=[fit2.compute_optimal(c) for c in args.predict_flops])
   if "kaplan" in methods:
     fitk = kaplan.fit(t["c"], t["loss"])
@@ -111,7 +123,8 @@ def _fit(args):
   if args.plot_dir:
     from maxlm.scaling import plots  # matplotlib only when plotting
     budget = t["budget"] if t["budget"] is not None else isoflop.group_by_budget(t["c"], args.budget_tol)
-    out["plots"] = [plots.isoflop_profiles(t["n"], t["loss"], budget, fit2, os.path.join(args.plot_dir, "isoflop.png")),
+    out["plots"] = [plots.isoflop_profiles(t["n"], t["loss"], budget, fit2, os.path.join(args.plot_dir, "isoflop.png"),
+                                           ylabel=args.loss_col),
                     plots.frontier(os.path.join(args.plot_dir, "frontier.png"), fit2, fit3)]
     if fit3:
       out["plots"].append(plots.residuals(fit3, t["n"], t["d"], t["loss"],
@@ -223,6 +236,8 @@ def main(argv=None):
   f.add_argument("--loss-col", default="final_loss")
   f.add_argument("--budget-col", default=None, help="isoFLOP budget label column (default: group C within --budget-tol)")
   f.add_argument("--budget-tol", type=float, default=0.1, help="relative gap in C that starts a new budget")
+  f.add_argument("--flops-col", default=None,
+                 help="per-run compute for Approach 2's N_opt(C) (e.g. the sweep CSV's exact `flops`; default 6ND)")
   f.add_argument("--drop-highest", type=int, default=0, help="drop the K highest-loss points")
   f.add_argument("--method", default="approach3", choices=("approach3", "approach2", "kaplan", "all"))
   f.add_argument("--grid", default="hoffmann", choices=("hoffmann", "coarse"), help="L-BFGS starts (4,500 or 32)")

@@ -16,7 +16,7 @@ import numpy as np
 from maxlm.scaling import chinchilla
 
 
-def isoflop_profiles(n, loss, budget, iso_fit, path):
+def isoflop_profiles(n, loss, budget, iso_fit, path, ylabel="final loss"):
   """Loss vs N per budget, its parabola, and the vertex."""
   n, loss, budget = np.asarray(n, float), np.asarray(loss, float), np.asarray(budget)
   fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -33,7 +33,7 @@ def isoflop_profiles(n, loss, budget, iso_fit, path):
       ax.scatter([par.n_opt], [par.loss_opt], color=col, marker="*", s=120, edgecolor="k", zorder=3)
   ax.set_xscale("log")
   ax.set_xlabel("parameters N")
-  ax.set_ylabel("final loss")
+  ax.set_ylabel(ylabel)
   ax.set_title("isoFLOP profiles (stars: parabola minima)")
   if iso_fit:
     ax.legend(fontsize=7)

@@ -101,8 +101,8 @@ BASE_COLUMNS = ("name", "budget", "n_non_embedding", "n_total", "d_model", "n_la
 def collect(root):
   """One row per finished point. tokens = tokens_seen from done.json; flops is
   recomputed from it with the sweep's FLOPs per token; flops_6nd = 6 N_nonemb D.
-  eval_loss = mean over domains of the last eval/<domain>/loss (the domains are
-  weighted equally, as in the default two-domain mix): held-out and the same
+  eval_loss = unweighted mean over domains of the last eval/<domain>/loss (not the
+  training mix weights, so it does not move if the mix does): held-out and the same
   batches for every point, so it is far less noisy than final_loss, the loss
   of one training batch (+-0.1 nats at 4k tokens per batch)."""
   rows = []

@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from maxlm import data as data_lib
 from maxlm.checkpoint import Checkpointer, export_params
 from maxlm.eval import perplexity
+from maxlm.eval import probes as probes_lib
 from maxlm.model import ModelConfig, flops_per_token
 from maxlm.monitor import MetricWriter, mfu, plot_loss_curve, read_jsonl
 from maxlm.optim import make_optimizer
@@ -63,6 +64,11 @@ class _Preemption:
 def _summarise(ms, domains, *, elapsed_s, tokens_per_step, fpt, n_devices):
   """Host-side means over a logging interval of host metrics `ms`."""
   out = {k: float(np.mean([m[k] for m in ms])) for k in ("loss", "grad_norm", "lr")}
+  # Any other scalar the step reports (per-group grad norms, update ratio, max
+  # logit, skipped, z_loss) is averaged too; `skipped` as a mean is the share skipped.
+  known = ("loss", "grad_norm", "lr", "tokens", "domain_loss_sum", "domain_count")
+  out.update({k: float(np.mean([m[k] for m in ms])) for k in ms[0]
+              if k not in known and np.ndim(ms[0][k]) == 0})
   dsum = np.sum([m["domain_loss_sum"] for m in ms], axis=0)
   dcnt = np.sum([m["domain_count"] for m in ms], axis=0)
   for i, name in enumerate(domains):
@@ -133,6 +139,12 @@ def train(config, workdir: str) -> dict:
       config.data, tokenizer_path=tokenizer_path, seq_len=seq_len,
       global_batch=t_cfg.global_batch, process_index=jax.process_index(),
       process_count=jax.process_count())
+  # Probes are parsed now, so a bad file fails before any training. Configs
+  # without an `eval` sub-dict (older stages) have none.
+  probe_cfg = config.get("eval") or {}
+  probes = probes_lib.load_probes(probe_cfg.probes) if probe_cfg.get("probes") else []
+  run_probes = lambda params: probes_lib.probe_metrics(model_cfg, params, tokenizer_path, probes,
+                                                       max_len=seq_len)
   # Bits per byte compare runs with different tokenizers: bytes behind the scored targets.
   eval_bytes = perplexity.heldout_bytes(
       eval_batches, perplexity.token_byte_lengths(tokenizer_path, vocab_size=model_cfg.vocab_size))
@@ -168,16 +180,22 @@ def train(config, workdir: str) -> dict:
   if config.get("distill") and config.distill.teacher:
     # --- distillation (maxlm/distill, issue 5): the teacher's forward runs inside the jitted step.
     from maxlm.distill import make_distill_step  # pylint: disable=g-import-not-at-top
-    step_fn = make_distill_step(
+    distill_fn = make_distill_step(
         config.distill, model_config=model_cfg, tx=tx, schedule=schedule,
         microbatches=t_cfg.microbatches, num_domains=len(domains), total_steps=t_cfg.steps,
         rules=rules, mesh=mesh, shardings=shardings, batch_sh=batch_sh,
         tokenizer_path=tokenizer_path)
+    step_fn = lambda st, batch, limits: distill_fn(st, batch)  # no in-step skip (yet)
   else:
+    # `limits` (the spike band for action=skip) are replicated scalars, a fixed
+    # pytree of float32 so that refreshing them never retraces.
     step_fn = jax.jit(
         functools.partial(train_step, model_config=model_cfg, tx=tx, schedule=schedule,
                           microbatches=t_cfg.microbatches, num_domains=len(domains), rules=rules),
-        in_shardings=(shardings, batch_sh), out_shardings=(shardings, None), donate_argnums=0)
+        in_shardings=(shardings, batch_sh, shardings["step"]), out_shardings=(shardings, None),
+        donate_argnums=0)
+  skip_in_step = spikes is not None and spikes.cfg.action == "skip"
+  limits = rollback.step_limits(spikes if skip_in_step else None)
   eval_fn = jax.jit(functools.partial(eval_step, model_config=model_cfg,
                                       num_domains=len(domains), rules=rules),
                     in_shardings=(shardings["params"], batch_sh))
@@ -194,19 +212,29 @@ def train(config, workdir: str) -> dict:
     bar = tqdm(total=t_cfg.steps, initial=start_step, desc="train", unit="step")
   t_run = time.time()
   pending, t_interval, last = [], time.time(), {}
+  n_skipped = 0  # updates the step refused (non-finite, or outside the spike band)
   step = start_step
   with jax.set_mesh(mesh), _Preemption() as preempt:
     while step < t_cfg.steps:
       host_batch = next(train_iter)
       host_batch.pop("doc_ids", None)  # bookkeeping for rollback reports; not a model input
-      state, metrics = step_fn(state, host_batch_to_global(host_batch, batch_sh))
+      state, metrics = step_fn(state, host_batch_to_global(host_batch, batch_sh), limits)
       pending.append(metrics)
       step += 1
       if step % t_cfg.log_every == 0 or step == t_cfg.steps or preempt.requested:
         # One device_get for the interval; it waits for the last step, so the
         # elapsed time below covers the compute, not just the async dispatch.
         host_metrics = jax.device_get(pending)
-        alarm = spikes and rollback.first_alarm(spikes, host_metrics, last_step=step)
+        n_skipped += sum(int(m.get("skipped", 0)) for m in host_metrics)
+        if skip_in_step:
+          # The step already refused the bad updates; record them and move the band.
+          for event in rollback.skip_events(spikes, host_metrics, last_step=step, limits=limits):
+            log.warning(event["message"])
+            if is_main:
+              rollback.write_event(workdir, event)
+          limits = rollback.step_limits(spikes)
+        alarm = (spikes and not skip_in_step
+                 and rollback.first_alarm(spikes, host_metrics, last_step=step))
         if alarm:
           event = alarm.event()
           log.warning(alarm.message or f"loss spike at step {alarm.step}: {alarm.reasons}")
@@ -240,6 +268,10 @@ def train(config, workdir: str) -> dict:
       if t_cfg.eval_every and step % t_cfg.eval_every == 0 and step < t_cfg.steps:
         writer.write(step, evaluate(eval_fn, state["params"], eval_batches, batch_sh, eval_bytes))
         t_interval = time.time()  # evaluation time is not training throughput
+      if probes and probe_cfg.probe_every and step % probe_cfg.probe_every == 0 \
+          and step < t_cfg.steps:
+        writer.write(step, run_probes(state["params"]))
+        t_interval = time.time()
       if ckpt.save(step, state, train_iter, force=preempt.requested) and spikes:
         spikes.saved(step)
       if preempt.requested:
@@ -251,6 +283,8 @@ def train(config, workdir: str) -> dict:
       final_eval = evaluate(eval_fn, state["params"], eval_batches, batch_sh, eval_bytes)
       writer.write(step, final_eval)
       last.update(final_eval)
+      if probes:
+        writer.write(step, run_probes(state["params"]))
       ckpt.save(step, state, train_iter, force=True)
   ckpt.close()
   data_lib.write_reports(config.data, train_iter, workdir, process_index=jax.process_index())
@@ -260,14 +294,16 @@ def train(config, workdir: str) -> dict:
     bar.close()
   writer.close()
   summary = dict(step=step, final_loss=last.get("loss"), tokens_seen=step * tokens_per_step,
-                 wall_s=time.time() - t_run, preempted=not finished,
+                 wall_s=time.time() - t_run, preempted=not finished, skipped_steps=n_skipped,
                  **{k: v for k, v in last.items() if k.startswith("eval/")})
   if finished and config.ckpt.export_params:  # collective: every host calls it
     export_params(state["params"], os.path.join(workdir, "params"))
   if finished and is_main:
     if config.monitor.plot:
+      events_path = os.path.join(workdir, "events.jsonl")
       plot_loss_curve(read_jsonl(writer.path), os.path.join(workdir, "loss.png"),
-                      title=f"{os.path.basename(workdir)}")
+                      title=f"{os.path.basename(workdir)}",
+                      events=read_jsonl(events_path) if os.path.exists(events_path) else None)
     with open(os.path.join(workdir, "done.json"), "w") as f:
       json.dump(summary, f, indent=2)
   if is_main:

@@ -18,9 +18,9 @@ from maxlm.monitor.spikes import Decision, SpikeConfig, SpikeMonitor
 
 log = logging.getLogger(__name__)
 
-# "skip" would need the update undone inside the jitted step; the driver observes
-# steps only at log boundaries, after the update, so it offers these three.
-DRIVER_ACTIONS = ("log", "rollback", "stop")
+# "skip" is decided inside the jitted step (maxlm/train/step.py) against the band
+# the driver passes in, refreshed from the monitor at each log boundary.
+DRIVER_ACTIONS = ("log", "skip", "rollback", "stop")
 
 
 def make_monitor(spikes_config) -> SpikeMonitor | None:
@@ -42,6 +42,47 @@ def first_alarm(monitor: SpikeMonitor, host_metrics: list[dict], last_step: int)
     if d.action != "ok":
       return d
   return None
+
+
+def step_limits(monitor: SpikeMonitor | None) -> dict:
+  """The jitted step's `limits` from the monitor's current loss band (unbounded before it arms).
+
+  Always the same pytree of float32 scalars, so a new band never retraces the step.
+  """
+  band = monitor.band() if monitor is not None else {}
+  lo, hi = band.get("loss", (-np.inf, np.inf))
+  grad_hi = band.get("grad_norm", (0.0, np.inf))[1]
+  # Host scalars (uncommitted): jit places them replicated; 12 bytes a step.
+  return dict(loss_lo=np.float32(lo), loss_hi=np.float32(hi), grad_norm_hi=np.float32(grad_hi))
+
+
+def skip_events(monitor: SpikeMonitor, host_metrics: list[dict], last_step: int,
+                limits: dict) -> list[dict]:
+  """events.jsonl rows for the steps the jitted step skipped in one logging interval.
+
+  Applied steps feed the monitor's history (a host-side alarm on one of them is
+  only logged: its update is already in); skipped ones are recorded as spikes
+  and never enter the band.
+  """
+  first_step, events = last_step - len(host_metrics) + 1, []
+  band = [float(limits["loss_lo"]), float(limits["loss_hi"])]
+  for i, m in enumerate(host_metrics):
+    step, loss, gn = first_step + i, float(m["loss"]), float(m["grad_norm"])
+    if int(m.get("skipped", 0)):
+      monitor.spike_steps.append(step)
+      events.append(dict(step=step, action="skip", values=dict(loss=loss, grad_norm=gn),
+                         thresholds=dict(loss=band,
+                                         grad_norm=[0.0, float(limits["grad_norm_hi"])]),
+                         message=f"spike at step {step} (loss {loss:.4g}, grad norm {gn:.4g},"
+                                 f" loss band {band}): update skipped in the step"))
+      continue
+    d = monitor.observe(step, loss, gn)
+    if d.action != "ok":
+      e = d.event()
+      e.update(action="log", message=f"spike at step {step} seen on the host after its update"
+                                      f" (the in-step band was older): {d.reasons}")
+      events.append(e)
+  return events
 
 
 def roll_back(decision: Decision, *, ckpt, abstract_state, train_iter, domains) -> tuple:

@@ -1,17 +1,24 @@
 """The pure training step: loss, gradients (with microbatch accumulation), update.
 
-`train_step(state, batch) -> (state, metrics)` is a pure function of pytrees;
-the driver jits it once with donated state and explicit shardings.
+`train_step(state, batch, limits) -> (state, metrics)` is a pure function of
+pytrees; the driver jits it once with donated state and explicit shardings.
 
 The loss is the mean next-token cross entropy over tokens whose loss_mask is
 1, so padding and cross-document targets never count. With microbatches the
 per-microbatch *sums* are accumulated and divided by the total token count at
-the end, so accumulation gives the same gradient as one big batch.
+the end, so accumulation gives the same gradient as one big batch. With
+`model.z_loss` > 0 the objective adds z_loss * log(Z)^2 per token (PaLM,
+Chowdhery et al. 2022, sec. 5); the logged `loss` stays the cross entropy.
+
+Skipping an update happens here, not on the host: when the loss leaves the
+band in `limits` (the spike monitor's, refreshed by the driver at each log
+boundary) or the loss or gradient norm is not finite, every param and
+optimizer leaf keeps its old value bit for bit (`jnp.where`), the step counter
+still advances, and `skipped` is 1. So a NaN gradient never reaches the
+params, and no step waits on a host round-trip.
 """
 
 from __future__ import annotations
-
-import functools
 
 import flax.linen as nn
 import jax
@@ -20,11 +27,23 @@ import optax
 
 from maxlm.model import ModelConfig, forward
 
+# Layer groups for per-group gradient norms, matched against a param's path in
+# this order ("attn_norm" is a norm, not attention).
+GRAD_GROUPS = (("norms", "norm"), ("embedding", "embedding"), ("lm_head", "lm_head"),
+               ("attention", "attn"), ("mlp", "mlp"))
+# Keys of `limits`; a missing one is unbounded.
+LIMIT_KEYS = ("loss_lo", "loss_hi", "grad_norm_hi")
 
-def loss_sums(params, batch, *, model_config: ModelConfig, num_domains: int):
-  """Returns (sum of masked token losses, aux dict of sums) for one (micro)batch."""
-  logits_btv = forward(model_config, params, batch["inputs"], batch["segment_ids"],
-                       batch["positions"])
+
+def loss_sums(params, batch, *, model_config: ModelConfig, num_domains: int, dropout_rng=None):
+  """Returns (objective sum over masked tokens, aux dict of sums) for one (micro)batch.
+
+  The objective is the cross entropy plus the z-loss term when model.z_loss > 0;
+  aux["nll_sum"] is the cross entropy alone. `dropout_rng` turns dropout on.
+  """
+  cfg = ModelConfig.from_any(model_config)
+  logits_btv = forward(cfg, params, batch["inputs"], batch["segment_ids"], batch["positions"],
+                       dropout_rng=dropout_rng)
   nll_bt = optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch["targets"])
   mask_bt = batch["loss_mask"].astype(jnp.float32)
   nll_bt = nll_bt * mask_bt
@@ -32,43 +51,100 @@ def loss_sums(params, batch, *, model_config: ModelConfig, num_domains: int):
   domain_b_t = batch["domain_ids"].reshape(-1)
   aux = dict(
       count=mask_bt.sum(),
+      nll_sum=nll_bt.sum(),
       domain_loss_sum=jax.ops.segment_sum(nll_bt.reshape(-1), domain_b_t, num_domains),
       domain_count=jax.ops.segment_sum(mask_bt.reshape(-1), domain_b_t, num_domains),
+      # Largest |logit| over scored tokens: the quantity z-loss and logit soft-capping keep
+      # in check. A max, not a sum: microbatches combine it with jnp.maximum.
+      max_abs_logit=jnp.max(jax.lax.stop_gradient(jnp.abs(logits_btv)).max(-1) * mask_bt),
   )
-  return nll_bt.sum(), aux
+  total = aux["nll_sum"]
+  if cfg.z_loss > 0:
+    log_z_bt = jax.nn.logsumexp(logits_btv, axis=-1)  # [B, T]
+    aux["z_loss_sum"] = (cfg.z_loss * jnp.square(log_z_bt) * mask_bt).sum()
+    total = total + aux["z_loss_sum"]
+  return total, aux
 
 
-def _grads_and_sums(params, batch, microbatches: int, sums_fn):
+def _combine(a, b):
+  """Accumulates two microbatches' ((total, aux), grads): sums, but maxima for max_* keys."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x, y: jnp.maximum(x, y) if "max_" in jax.tree_util.keystr(p) else x + y, a, b)
+
+
+def _grads_and_sums(params, batch, microbatches: int, sums_fn, rng):
   grad_fn = jax.value_and_grad(sums_fn, has_aux=True)
   if microbatches == 1:
-    return grad_fn(params, batch)
+    return grad_fn(params, batch, rng)
   # [B, ...] -> [M, B/M, ...]; a scan keeps one microbatch's activations live.
   micro = jax.tree.map(lambda x: x.reshape(microbatches, -1, *x.shape[1:]), batch)
 
-  def body(carry, mb):
-    (loss_sum, aux), grads = grad_fn(params, mb)
-    return jax.tree.map(jnp.add, carry, ((loss_sum, aux), grads)), None
+  def body(carry, xs):
+    mb, i = xs
+    out = grad_fn(params, mb, jax.random.fold_in(rng, i))  # a fresh dropout mask per microbatch
+    return _combine(carry, out), None
 
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                       jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro)))
-  out, _ = jax.lax.scan(body, zeros, micro)
+                       jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng))
+  out, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(microbatches)))
   return out
 
 
-def train_step(state, batch, *, model_config: ModelConfig, tx, schedule, microbatches: int,
-               num_domains: int, rules=()):
-  """One optimizer update. `state` = dict(params, opt_state, step, rng)."""
-  sums_fn = functools.partial(loss_sums, model_config=model_config, num_domains=num_domains)
+def group_grad_norms(grads) -> dict:
+  """{'grad_norm/<group>': global norm of that group's gradients} for GRAD_GROUPS."""
+  sq = {name: [] for name, _ in GRAD_GROUPS}
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    key = jax.tree_util.keystr(path)
+    group = next((name for name, pat in GRAD_GROUPS if pat in key), None)
+    if group is not None:
+      sq[group].append(jnp.sum(jnp.square(g.astype(jnp.float32))))
+  return {f"grad_norm/{k}": jnp.sqrt(sum(v)) for k, v in sq.items() if v}
+
+
+def _update_ok(loss, grad_norm, limits):
+  """True when the update may be applied: finite values inside the band."""
+  lim = {k: jnp.asarray(limits.get(k, jnp.inf if k.endswith("hi") else -jnp.inf), jnp.float32)
+         for k in LIMIT_KEYS}
+  return (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (loss >= lim["loss_lo"])
+          & (loss <= lim["loss_hi"]) & (grad_norm <= lim["grad_norm_hi"]))
+
+
+def train_step(state, batch, limits=None, *, model_config: ModelConfig, tx, schedule,
+               microbatches: int, num_domains: int, rules=()):
+  """One optimizer update. `state` = dict(params, opt_state, step, rng).
+
+  `limits`: optional dict of float scalars (LIMIT_KEYS); outside them, or on a
+  non-finite loss or gradient norm, the update is skipped (see the module doc).
+  """
+  def sums_fn(params, batch, dropout_rng):
+    return loss_sums(params, batch, model_config=model_config, num_domains=num_domains,
+                     dropout_rng=dropout_rng)
+
+  # Fold the step in, so each step's dropout masks differ and resume replays them exactly.
+  rng = jax.random.fold_in(state["rng"], state["step"])
   with nn.logical_axis_rules(rules):
-    (loss_sum, aux), grads = _grads_and_sums(state["params"], batch, microbatches, sums_fn)
+    (_, aux), grads = _grads_and_sums(state["params"], batch, microbatches, sums_fn, rng)
   count = jnp.maximum(aux["count"], 1.0)
   grads = jax.tree.map(lambda g: g / count, grads)
+  loss, grad_norm = aux["nll_sum"] / count, optax.global_norm(grads)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-  new_state = dict(params=optax.apply_updates(state["params"], updates), opt_state=opt_state,
+  params = optax.apply_updates(state["params"], updates)
+  ok = _update_ok(loss, grad_norm, limits or {})
+  # A select per leaf keeps the old bits exactly (no arithmetic on NaNs).
+  keep = lambda new, old: jnp.where(ok, new, old)
+  new_state = dict(params=jax.tree.map(keep, params, state["params"]),
+                   opt_state=jax.tree.map(keep, opt_state, state["opt_state"]),
                    step=state["step"] + 1, rng=state["rng"])
-  metrics = dict(loss=loss_sum / count, grad_norm=optax.global_norm(grads),
+  metrics = dict(loss=loss, grad_norm=grad_norm,
                  lr=schedule(state["step"]), tokens=aux["count"],
-                 domain_loss_sum=aux["domain_loss_sum"], domain_count=aux["domain_count"])
+                 domain_loss_sum=aux["domain_loss_sum"], domain_count=aux["domain_count"],
+                 max_abs_logit=aux["max_abs_logit"],
+                 # RMS(update) / RMS(params) over the whole model: ~lr in steady state.
+                 update_rms_ratio=optax.global_norm(updates) / optax.global_norm(state["params"]),
+                 skipped=1 - ok.astype(jnp.int32),
+                 **group_grad_norms(grads))
+  if "z_loss_sum" in aux:
+    metrics["z_loss"] = aux["z_loss_sum"] / count
   return new_state, metrics
 
 

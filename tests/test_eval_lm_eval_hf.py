@@ -1,0 +1,104 @@
+"""lm-eval parity: the `maxlm` model and lm-eval's own `hf` model on one HF directory.
+
+Both read the same tiny Llama (tests/test_generate_hf.py) and its char-level
+tokenizer, run the same local tasks through `lm_eval.simple_evaluate`, and
+must give the same per-request log-likelihoods (1e-4 nats).
+
+BOS. maxlm puts BOS before every context and conditions a rolling text's first
+window on BOS without scoring a BOS of its own. lm-eval's hf model does the
+first when asked (`add_bos_token=True`), but then its tokenizer also adds BOS to
+rolling texts and the first window scores log p(BOS | BOS) as a text token. So
+the rolling task runs hf with the tokenizer's default (no BOS added; the window
+prefix is still BOS, lm-eval's `prefix_token_id`), which is maxlm's convention.
+"""
+import json
+
+import numpy as np
+import pytest
+
+import lm_eval  # noqa: E402
+from lm_eval.models.huggingface import HFLM  # noqa: E402  (needs accelerate: test requirement)
+from lm_eval.tasks import TaskManager  # noqa: E402
+
+from maxlm.eval import scoring  # noqa: E402
+from maxlm.eval.lm_eval_model import MaxlmLM  # noqa: E402
+from test_generate_hf import save_tiny_llama  # noqa: E402
+
+MAX_LEN = 16  # short windows, so the rolling texts below span several
+
+
+def write_tasks(dirname):
+  """A multiple-choice and a rolling-perplexity task over local JSONL; returns their names."""
+  mc = [dict(q="the cat sat on the", choices=["mat", "dog", "hat."], answer=0),
+        dict(q="a b c d e f g h i j k l m n o p", choices=["q", "q r s"], answer=0),  # truncated
+        dict(q="dogs", choices=["bark.", "run, jump"], answer=1)]
+  docs = [dict(text="the quick brown fox jumps over the lazy dog.\n" * 2),
+          dict(text="a"), dict(text="hello, world.")]
+  for name, rows in (("mc", mc), ("roll", docs)):
+    with open(dirname / f"{name}.jsonl", "w") as f:
+      f.write("".join(json.dumps(r) + "\n" for r in rows))
+  common = "dataset_path: json\ntest_split: test\ndataset_kwargs:\n  data_files:\n    test: "
+  (dirname / "parity_mc.yaml").write_text(f"""task: parity_mc
+{common}{dirname / 'mc.jsonl'}
+output_type: multiple_choice
+doc_to_text: "{{{{q}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+target_delimiter: " "
+metric_list:
+  - metric: acc
+""")
+  (dirname / "parity_roll.yaml").write_text(f"""task: parity_roll
+{common}{dirname / 'roll.jsonl'}
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+metric_list:
+  - metric: word_perplexity
+""")
+  return "parity_mc", "parity_roll"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("parity")
+  save_tiny_llama(root / "model", max_position_embeddings=MAX_LEN)
+  tasks = write_tasks(root)
+  return str(root / "model"), TaskManager(include_path=str(root)), tasks
+
+
+@pytest.mark.parametrize("n", [1, 5, 16, 17, 40, 48])
+def test_rolling_windows_are_lm_evals(n):
+  from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+  ids = list(range(100, 100 + n))
+  want = [make_disjoint_window(w) for w in get_rolling_token_windows(ids, 7, MAX_LEN, 1)]
+  assert scoring.rolling_windows(ids, MAX_LEN, 7) == want
+
+
+def per_request(lm, task, tm):
+  """Log-likelihoods of every request of `task`, in (doc, choice) order."""
+  res = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=tm, log_samples=True)
+  samples = sorted(res["samples"][task], key=lambda s: s["doc_id"])
+  # A loglikelihood response is (logp, is_greedy); a rolling one is logp alone.
+  return np.array([np.ravel(r[0])[0] for s in samples for r in s["resps"]], np.float64)
+
+
+def hf_lm(path, **kw):
+  return HFLM(pretrained=path, backend="causal", device="cpu", dtype="float32", batch_size=4,
+              max_length=MAX_LEN, **kw)
+
+
+def test_multiple_choice_matches_hf(setup):
+  path, tm, (mc, _) = setup
+  got = per_request(MaxlmLM(pretrained=path, batch_size=4, max_length=MAX_LEN), mc, tm)
+  want = per_request(hf_lm(path, add_bos_token=True), mc, tm)
+  assert got.shape == (7,) and np.all(got < 0)
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_rolling_matches_hf(setup):
+  path, tm, (_, roll) = setup
+  got = per_request(MaxlmLM(pretrained=path, batch_size=4, max_length=MAX_LEN), roll, tm)
+  want = per_request(hf_lm(path), roll, tm)
+  assert got.shape == (3,) and np.all(got < 0)
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
