@@ -62,7 +62,7 @@ def get_config(arg="tiny"):
 
   if arg == "tiny":
     # CPU miniature (docs/scaling.md "The CPU miniature"): 3 budgets x 3-4 shapes,
-    # each budget with an interior minimum, ~10 minutes on 2 shared cores.
+    # each budget with an interior minimum; 8-14 minutes on 2 shared cores (load 4-13).
     # Why it is calibrated this way: at this scale the LM head (6 V d FLOPs per
     # token, V = 512) and attention (12 L d T) cost as much as the blocks, and
     # every model is data-starved, so a smaller model's extra tokens win unless

@@ -94,6 +94,10 @@ def _column(path, name, loss_col, drop_highest=0):
 def _fit(args):
   t = read_table(args.csv, args.n_col, args.loss_col, args.d_col, args.c_col, args.budget_col, args.drop_highest)
   out, fit3, fit2 = {}, None, None
+  # --flops-col: each run's compute as the sweep counted it (the results CSV's exact
+  # `flops`) for Approach 2 and Kaplan; 6ND with non-embedding N undercounts tiny
+  # models several-fold (their LM head and attention), which would bend N_opt(C).
+  c_run = t["c"] if args.flops_col is None else _column(args.csv, args.flops_col, args.loss_col, args.drop_highest)
   methods = ("approach3", "approach2", "kaplan") if args.method == "all" else (args.method,)
   if "approach3" in methods:
     grid = chinchilla.hoffmann_grid() if args.grid == "hoffmann" else chinchilla.coarse_grid()
@@ -109,14 +113,10 @@ def _fit(args):
       out["predictions"].append(pred)
   if "approach2" in methods:
     budget = t["budget"] if t["budget"] is not None else isoflop.group_by_budget(t["c"], args.budget_tol)
-    # --flops-col: each run's compute as the sweep counted it (the results CSV's
-    # exact `flops`); 6ND with non-embedding N undercounts tiny models several-fold
-    # (their LM head and attention), which would bend N_opt(C).
-    c2 = t["c"] if args.flops_col is None else _column(args.csv, args.flops_col, args.loss_col, args.drop_highest)
-    fit2 = isoflop.fit(t["n"], t["d"], t["loss"], c=c2, budget=budget)
+    fit2 = isoflop.fit(t["n"], t["d"], t["loss"], c=c_run, budget=budget)
     out["approach2"] = dict(fit2.to_json(), compute_optimal=[fit2.compute_optimal(c) for c in args.predict_flops])
   if "kaplan" in methods:
-    fitk = kaplan.fit(t["c"], t["loss"])
+    fitk = kaplan.fit(c_run, t["loss"])
     out["kaplan"] = dict(fitk.to_json(), predictions=[
         dict(flops=c, loss=float(fitk.predict(c)), loss_ci=[float(v) for v in fitk.predict_interval(c)])
         for c in args.predict_flops])
