@@ -67,8 +67,13 @@ def distill_step(state, batch, teacher_params, *, model_config: ModelConfig,
       distill_sums, teacher_params=teacher_params, model_config=model_config,
       teacher_config=teacher_config, num_domains=num_domains, loss=loss,
       temperature=temperature, top_k=top_k, afm_teacher_weight=afm_teacher_weight, alpha=a)
+  if model_config.dropout:
+    raise ValueError("distillation does not apply student dropout yet: set model.dropout=0")
+  # The student runs deterministically, so the dropout rng the accumulator threads is unused.
+  no_rng_sums = lambda params, b, rng: sums_fn(params, b)
   with nn.logical_axis_rules(rules):
-    (obj_sum, aux), grads = _grads_and_sums(state["params"], batch, microbatches, sums_fn)
+    (obj_sum, aux), grads = _grads_and_sums(state["params"], batch, microbatches, no_rng_sums,
+                                            state["rng"])
   count = jnp.maximum(aux["count"], 1.0)
   grads = jax.tree.map(lambda g: g / count, grads)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
