@@ -12,7 +12,8 @@ target (label / teacher top-1 mix, teacher weight 0.9); each mixed with the
 plain next-token loss by `alpha`, optionally ramped linearly to `alpha_end`.
 
 `arg`: a teacher-sized pretrain preset for the data/optimizer defaults,
-`teacher=<dir>`, `student=tiny_student|tiny|10m|...`, `loss=kl|topk|afm`.
+`teacher=<dir>`, `student=tiny_student|tiny|10m|...`, `loss=kl|topk|afm`,
+`offline_dir=<dir>` (offline top-k, see maxlm/distill/precompute.py).
 """
 
 import importlib.util
@@ -58,4 +59,7 @@ def get_config(arg: str = "tiny"):
   c.distill.afm_teacher_weight = 0.9  # 'afm': weight of the teacher's top-1 in the target
   c.distill.alpha = 0.5  # weight of the distillation term; 1 - alpha on the next-token loss
   c.distill.alpha_end = -1.0  # < 0: constant alpha; else linear from alpha to this over the run
+  # Offline 'topk': a store written by `python -m maxlm.distill.precompute`; the run then
+  # reads the teacher's top-k per step (checked against each batch) and loads no teacher.
+  c.distill.offline_dir = opts.get("offline_dir", "")
   return c

@@ -4,7 +4,9 @@ The objective per token is (1 - alpha) * CE(label) + alpha * D(teacher,
 student), D one of losses.LOSSES; alpha may follow a linear schedule. The
 teacher's forward runs in the jitted step (online distillation) under
 stop_gradient, with its own ModelConfig and shardings, so it may be larger
-and sharded differently from the student. Masked-sum accumulation over
+and sharded differently from the student. Offline (teacher_params None), the
+batch carries the teacher's precomputed top-k as 'teacher_ids' and
+'teacher_logprobs' [B, T, K] (maxlm.distill.offline) and the loss is 'topk'. Masked-sum accumulation over
 microbatches is train_step's (maxlm.train.step), so the gradient equals one
 big batch's.
 
@@ -32,18 +34,26 @@ def distill_sums(params, batch, teacher_params, *, model_config: ModelConfig,
   """(sum of masked per-token objectives, aux sums) for one (micro)batch."""
   logits_btv = forward(model_config, params, batch["inputs"], batch["segment_ids"],
                        batch["positions"])
-  teacher_btv = jax.lax.stop_gradient(forward(
-      teacher_config, teacher_params, batch["inputs"], batch["segment_ids"], batch["positions"]))
   nll_bt = optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch["targets"])
-  if loss == "kl":
-    d_bt = losses.forward_kl(logits_btv, teacher_btv, temperature)
-  elif loss == "topk":
-    ids_btk, logprobs_btk = losses.teacher_topk(teacher_btv, top_k)
-    d_bt = losses.topk_kl(logits_btv, ids_btk, logprobs_btk, temperature)
-  elif loss == "afm":
-    d_bt = losses.afm_ce(logits_btv, batch["targets"], teacher_btv, afm_teacher_weight)
+  if teacher_params is None:  # offline: the batch carries the stored top-k (distill/offline.py)
+    if loss != "topk":
+      raise ValueError(f"offline distillation stores the teacher's top-k: distill.loss={loss!r}"
+                       " must be 'topk'")
+    d_bt = losses.topk_kl(logits_btv, batch["teacher_ids"],
+                          batch["teacher_logprobs"].astype(jnp.float32), temperature)
   else:
-    raise ValueError(f"distill.loss={loss!r} is not one of {losses.LOSSES}")
+    teacher_btv = jax.lax.stop_gradient(forward(
+        teacher_config, teacher_params, batch["inputs"], batch["segment_ids"],
+        batch["positions"]))
+    if loss == "kl":
+      d_bt = losses.forward_kl(logits_btv, teacher_btv, temperature)
+    elif loss == "topk":
+      ids_btk, logprobs_btk = losses.teacher_topk(teacher_btv, top_k)
+      d_bt = losses.topk_kl(logits_btv, ids_btk, logprobs_btk, temperature)
+    elif loss == "afm":
+      d_bt = losses.afm_ce(logits_btv, batch["targets"], teacher_btv, afm_teacher_weight)
+    else:
+      raise ValueError(f"distill.loss={loss!r} is not one of {losses.LOSSES}")
   mask_bt = batch["loss_mask"].astype(jnp.float32)
   obj_bt = ((1.0 - alpha) * nll_bt + alpha * d_bt) * mask_bt
   domain_b_t = batch["domain_ids"].reshape(-1)

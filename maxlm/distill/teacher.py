@@ -87,17 +87,27 @@ def make_distill_step(distill_cfg, *, model_config, tx, schedule, microbatches, 
   import functools  # pylint: disable=g-import-not-at-top
   from maxlm.distill.step import distill_step  # pylint: disable=g-import-not-at-top
   d = distill_cfg.to_dict() if hasattr(distill_cfg, "to_dict") else dict(distill_cfg)
+  step_fn = functools.partial(
+      distill_step, model_config=model_config, tx=tx, schedule=schedule,
+      microbatches=microbatches, num_domains=num_domains, total_steps=total_steps,
+      loss=d["loss"], temperature=d["temperature"], top_k=d["top_k"],
+      afm_teacher_weight=d["afm_teacher_weight"], alpha=d["alpha"], alpha_end=d["alpha_end"],
+      rules=rules)
+  if d.get("offline_dir"):
+    # Offline: no teacher; the batch carries the stored top-k (maxlm.distill.offline).
+    if d["loss"] != "topk":
+      raise ValueError(f"distill.offline_dir is set: the store holds the teacher's top-k, so"
+                       f" distill.loss must be 'topk', not {d['loss']!r}")
+    jitted = jax.jit(functools.partial(step_fn, teacher_params=None, teacher_config=None),
+                     in_shardings=(shardings, batch_sh), out_shardings=(shardings, None),
+                     donate_argnums=0)
+    return jitted
   t_cfg, t_params = load_teacher(d["teacher"], mesh=mesh, rules=rules,
                                  student_vocab=model_config.vocab_size,
                                  tokenizer_path=tokenizer_path,
                                  compute_dtype=model_config.compute_dtype)
   t_shardings = jax.tree.map(lambda x: x.sharding, t_params)
-  jitted = jax.jit(
-      functools.partial(distill_step, model_config=model_config, teacher_config=t_cfg, tx=tx,
-                        schedule=schedule, microbatches=microbatches, num_domains=num_domains,
-                        total_steps=total_steps, loss=d["loss"], temperature=d["temperature"],
-                        top_k=d["top_k"], afm_teacher_weight=d["afm_teacher_weight"],
-                        alpha=d["alpha"], alpha_end=d["alpha_end"], rules=rules),
-      in_shardings=(shardings, batch_sh, t_shardings), out_shardings=(shardings, None),
-      donate_argnums=0)
+  jitted = jax.jit(functools.partial(step_fn, teacher_config=t_cfg),
+                   in_shardings=(shardings, batch_sh, t_shardings),
+                   out_shardings=(shardings, None), donate_argnums=0)
   return lambda state, batch: jitted(state, batch, t_params)

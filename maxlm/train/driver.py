@@ -177,8 +177,10 @@ def train(config, workdir: str) -> dict:
     stages.write_manifest(workdir, config, parent, step=start_step, status="running")
 
   # ------------------------------------------------------------------ step
-  if config.get("distill") and config.distill.teacher:
-    # --- distillation (maxlm/distill, issue 5): the teacher's forward runs inside the jitted step.
+  offline_teacher = None  # offline distillation: adds the stored top-k to each host batch
+  if config.get("distill") and (config.distill.teacher or config.distill.get("offline_dir")):
+    # --- distillation (maxlm/distill, issue 5): the teacher's forward runs inside the jitted
+    # step, or (distill.offline_dir) its top-k is read per step from a precomputed store.
     from maxlm.distill import make_distill_step  # pylint: disable=g-import-not-at-top
     distill_fn = make_distill_step(
         config.distill, model_config=model_cfg, tx=tx, schedule=schedule,
@@ -186,6 +188,12 @@ def train(config, workdir: str) -> dict:
         rules=rules, mesh=mesh, shardings=shardings, batch_sh=batch_sh,
         tokenizer_path=tokenizer_path)
     step_fn = lambda st, batch, limits: distill_fn(st, batch)  # no in-step skip (yet)
+    if config.distill.get("offline_dir"):
+      from maxlm.distill.offline import OfflineTeacher  # pylint: disable=g-import-not-at-top
+      offline_teacher = OfflineTeacher(
+          config.distill.offline_dir, steps=t_cfg.steps, global_batch=t_cfg.global_batch,
+          seq_len=seq_len, top_k=config.distill.top_k, tokenizer_path=tokenizer_path,
+          process_count=jax.process_count())
   else:
     # `limits` (the spike band for action=skip) are replicated scalars, a fixed
     # pytree of float32 so that refreshing them never retraces.
@@ -218,6 +226,8 @@ def train(config, workdir: str) -> dict:
     while step < t_cfg.steps:
       host_batch = next(train_iter)
       host_batch.pop("doc_ids", None)  # bookkeeping for rollback reports; not a model input
+      if offline_teacher is not None:  # checks the batch is the one the teacher saw
+        host_batch = offline_teacher.attach(step, host_batch)
       state, metrics = step_fn(state, host_batch_to_global(host_batch, batch_sh), limits)
       pending.append(metrics)
       step += 1
