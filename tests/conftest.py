@@ -12,6 +12,16 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
 import pytest  # noqa: E402
 
 
+def set_dotted(config, overrides: dict) -> None:
+  """Sets {"train.steps": 3, ...} on a ConfigDict, like command-line overrides."""
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+
+
 def tiny_test_config(**overrides):
   """configs/pretrain.py:tiny made smaller still for tests; dotted-key overrides."""
   import sys
@@ -34,12 +44,7 @@ def tiny_test_config(**overrides):
   c.monitor.tensorboard = False
   c.monitor.plot = False
   c.monitor.progress = "lines"
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  set_dotted(c, overrides)
   c.lock()
   return c
 

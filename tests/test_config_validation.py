@@ -1,18 +1,14 @@
 """Every config mistake named in the foundation issue fails before compiling, naming the field."""
 import pytest
 
+from conftest import set_dotted
 from configs import pretrain
 from maxlm.train.validate import ConfigError, validate_config
 
 
 def _config(**overrides):
   c = pretrain.get_config("tiny")
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  set_dotted(c, overrides)
   return c
 
 

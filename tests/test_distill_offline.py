@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_test_config
+from conftest import set_dotted, tiny_test_config
 from maxlm import data as data_lib
 from maxlm.checkpoint import export_params
 from maxlm.distill import offline
@@ -51,12 +51,7 @@ def _config(teacher_dir, tokenizer_path, **overrides):
   c.distill.top_k, c.distill.alpha, c.distill.temperature = 8, 0.7, 2.0
   c.ckpt.every, c.ckpt.async_save, c.ckpt.export_params = 100, False, False
   c.monitor.tensorboard, c.monitor.plot, c.monitor.progress = False, False, "lines"
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  set_dotted(c, overrides)
   c.lock()
   return c
 

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_test_config
+from conftest import set_dotted, tiny_test_config
 from maxlm import data as data_lib
 from maxlm.checkpoint import load_params
 from maxlm.model import ModelConfig
@@ -44,12 +44,7 @@ def _stage_config(name, arg, tokenizer_path, **overrides):
     c.train[k] = small.train[k]
   c.ckpt.every, c.ckpt.async_save, c.ckpt.export_params = 4, False, True
   c.monitor.tensorboard, c.monitor.plot, c.monitor.progress = False, False, "lines"
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  set_dotted(c, overrides)
   c.lock()
   return c
 
