@@ -18,7 +18,7 @@ rate is read from its config (init.lr_from_parent='final').
 import importlib.util
 import os
 
-from maxlm.train.stages import parent_tokenizer_path
+from maxlm.checkpoint.rundir import parent_tokenizer_path
 
 
 def _pretrain():

@@ -21,7 +21,7 @@ import importlib.util
 import json
 import os
 
-from maxlm.train.stages import parent_tokenizer_path
+from maxlm.checkpoint.rundir import parent_tokenizer_path
 
 
 def _pretrain():

@@ -19,7 +19,7 @@ plain next-token loss by `alpha`, optionally ramped linearly to `alpha_end`.
 import importlib.util
 import os
 
-from maxlm.train.stages import parent_tokenizer_path
+from maxlm.checkpoint.rundir import parent_tokenizer_path
 
 import ml_collections
 

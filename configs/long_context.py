@@ -24,7 +24,7 @@ measured: no GPU was lent to the session that wrote this).
 import importlib.util
 import os
 
-from maxlm.train.stages import parent_tokenizer_path
+from maxlm.checkpoint.rundir import parent_tokenizer_path
 
 
 def _pretrain():

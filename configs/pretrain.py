@@ -130,6 +130,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.train.seed = 0
   c.train.log_every = 10  # steps between metric lines
   c.train.eval_every = 100  # steps between held-out evaluations (0 = only at the end)
+  # PaLM's z-loss weight: adds z_loss * log(Z)^2 per token, keeping the softmax
+  # normaliser near 1 (0 = off; 1e-4 in PaLM). A training objective, so it lives
+  # here (model.z_loss is read as a deprecated alias).
+  c.train.z_loss = 0.0
 
   # Stage chaining (maxlm/train/stages.py): where this run starts from.
   c.init = ml_collections.ConfigDict()

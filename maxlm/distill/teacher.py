@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from maxlm import checkpoint as checkpoint_lib
+from maxlm.checkpoint import rundir
 from maxlm.model import ModelConfig, init_params
 from maxlm.sharding import logical_shardings
 
@@ -51,63 +52,28 @@ def load_teacher(path: str, *, mesh, rules, student_vocab: int, tokenizer_path: 
   with open(cfg_path) as f:
     raw = json.load(f)
   overrides = {} if compute_dtype is None else {"compute_dtype": compute_dtype}
-  if "model_type" in raw and not os.path.isdir(os.path.join(path, "checkpoints")):
+  if rundir.is_hf_dir(path):
     from maxlm.interop import hf as hf_lib  # pylint: disable=g-import-not-at-top
     cfg, host = hf_lib.import_checkpoint(path, model_overrides=overrides)
-    _check_tokenizer(os.path.join(path, "tokenizer.model"), tokenizer_path, path)
+    _check_tokenizer(rundir.tokenizer_path(path), tokenizer_path, path)
     abstract = _abstract_params(cfg, mesh, rules)
     params = jax.tree.map(lambda a, s: jax.device_put(np.asarray(a, s.dtype), s.sharding),
                           host, abstract)
   else:
     cfg = ModelConfig.from_any({**raw["model"], **overrides})
-    teacher_tok = raw["data"]["tokenizer"].get("path") or os.path.join(
-        path, "tokenizer", "tokenizer.model")
-    _check_tokenizer(teacher_tok, tokenizer_path, path)
+    _check_tokenizer(rundir.tokenizer_path(path), tokenizer_path, path)
     abstract = _abstract_params(cfg, mesh, rules)
-    if os.path.isdir(os.path.join(path, "params")):
-      params = checkpoint_lib.load_params(os.path.join(path, "params"), abstract)
+    if os.path.isdir(os.path.join(path, rundir.PARAMS)):
+      params = checkpoint_lib.load_params(os.path.join(path, rundir.PARAMS), abstract)
     else:
-      ckpts = os.path.join(path, "checkpoints")
-      steps = sorted(int(s) for s in os.listdir(ckpts) if s.isdigit()) if os.path.isdir(
-          ckpts) else []
-      if not steps:
-        raise FileNotFoundError(f"distill.teacher={path!r} has neither params/ nor checkpoints/")
-      params = checkpoint_lib.load_state_params(os.path.join(ckpts, str(steps[-1]), "state"),
-                                                abstract)
+      try:
+        source, _ = rundir.params_source(path)
+      except FileNotFoundError:
+        raise FileNotFoundError(f"distill.teacher={path!r} has neither params/ nor committed"
+                                " checkpoints/") from None
+      params = checkpoint_lib.load_state_params(source, abstract)
   if cfg.vocab_size != student_vocab:
     raise ValueError(f"distill.teacher={path}: vocab_size {cfg.vocab_size} != the student's"
                      f" model.vocab_size {student_vocab}")
   log.info("teacher %s: %s params", path, f"{cfg.param_counts()['total']:,}")
   return cfg, params
-
-
-def make_distill_step(distill_cfg, *, model_config, tx, schedule, microbatches, num_domains,
-                      total_steps, rules, mesh, shardings, batch_sh, tokenizer_path):
-  """The driver's step function for a distillation run: (state, batch) -> (state, metrics)."""
-  import functools  # pylint: disable=g-import-not-at-top
-  from maxlm.distill.step import distill_step  # pylint: disable=g-import-not-at-top
-  d = distill_cfg.to_dict() if hasattr(distill_cfg, "to_dict") else dict(distill_cfg)
-  step_fn = functools.partial(
-      distill_step, model_config=model_config, tx=tx, schedule=schedule,
-      microbatches=microbatches, num_domains=num_domains, total_steps=total_steps,
-      loss=d["loss"], temperature=d["temperature"], top_k=d["top_k"],
-      afm_teacher_weight=d["afm_teacher_weight"], alpha=d["alpha"], alpha_end=d["alpha_end"],
-      rules=rules)
-  if d.get("offline_dir"):
-    # Offline: no teacher; the batch carries the stored top-k (maxlm.distill.offline).
-    if d["loss"] != "topk":
-      raise ValueError(f"distill.offline_dir is set: the store holds the teacher's top-k, so"
-                       f" distill.loss must be 'topk', not {d['loss']!r}")
-    jitted = jax.jit(functools.partial(step_fn, teacher_params=None, teacher_config=None),
-                     in_shardings=(shardings, batch_sh), out_shardings=(shardings, None),
-                     donate_argnums=0)
-    return jitted
-  t_cfg, t_params = load_teacher(d["teacher"], mesh=mesh, rules=rules,
-                                 student_vocab=model_config.vocab_size,
-                                 tokenizer_path=tokenizer_path,
-                                 compute_dtype=model_config.compute_dtype)
-  t_shardings = jax.tree.map(lambda x: x.sharding, t_params)
-  jitted = jax.jit(functools.partial(step_fn, teacher_config=t_cfg),
-                   in_shardings=(shardings, batch_sh, t_shardings),
-                   out_shardings=(shardings, None), donate_argnums=0)
-  return lambda state, batch: jitted(state, batch, t_params)

@@ -4,30 +4,12 @@ r"""Trains a model from a stage config.
 
 Override any field: --config.train.steps=500 --config.mesh.fsdp=-1 ...
 Run it again with the same workdir to resume from the newest checkpoint.
-The logic lives in maxlm.train.driver so notebooks can call it directly.
+The logic lives in maxlm.run.pretrain (the composition root) so notebooks can
+call it directly; this entry point sits above the library like maxlm.run.
 """
 
-import logging
-
-from absl import app, flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
-
-from maxlm.train.driver import train
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file[:arg].",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, plots.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-  del argv
-  # orbax and grain log every save at INFO through absl; keep maxlm's own lines.
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("maxlm").setLevel(logging.INFO)
-  train(_CONFIG.value, _WORKDIR.value)
-
+from maxlm.run import cli
+from maxlm.run.pretrain import train
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(train, "maxlm.train")

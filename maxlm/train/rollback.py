@@ -1,13 +1,15 @@
-"""Acting on loss spikes in the driver: log, roll back past the bad data, or stop.
+"""Acting on loss spikes in the loop: skip in the step, log, roll back past the bad data, or stop.
 
 The detector and the policy are pure host code in maxlm.monitor.spikes; this
-module does what only the driver can: restore a checkpoint (state and data
-iterator) and move the data iterator past the window that caused the spike,
-recording which domains and documents were skipped in events.jsonl.
+module does what only the training run can: restore a checkpoint (state and
+data iterator) and move the data iterator past the window that caused the
+spike, recording which domains and documents were skipped in events.jsonl.
+`SpikeGuard` bundles it for the loop: one `check` per logging interval.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,7 +21,7 @@ from maxlm.monitor.spikes import Decision, SpikeConfig, SpikeMonitor
 log = logging.getLogger(__name__)
 
 # "skip" is decided inside the jitted step (maxlm/train/step.py) against the band
-# the driver passes in, refreshed from the monitor at each log boundary.
+# the loop passes in, refreshed from the monitor at each log boundary.
 DRIVER_ACTIONS = ("log", "skip", "rollback", "stop")
 
 
@@ -30,7 +32,7 @@ def make_monitor(spikes_config) -> SpikeMonitor | None:
   kwargs = {k: v for k, v in dict(spikes_config).items() if k != "enabled"}
   cfg = SpikeConfig(**kwargs)
   if cfg.action not in DRIVER_ACTIONS:
-    raise ValueError(f"monitor.spikes.action={cfg.action!r}: the driver supports {DRIVER_ACTIONS}")
+    raise ValueError(f"monitor.spikes.action={cfg.action!r}: the training loop supports {DRIVER_ACTIONS}")
   return SpikeMonitor(cfg)
 
 
@@ -109,3 +111,66 @@ def roll_back(decision: Decision, *, ckpt, abstract_state, train_iter, domains) 
 def write_event(workdir: str, event: dict) -> None:
   with open(os.path.join(workdir, "events.jsonl"), "a", encoding="utf-8") as f:
     f.write(json.dumps(event) + "\n")
+
+
+@dataclasses.dataclass
+class Verdict:
+  """What the loop must do after an interval: 'rollback' to (state, step), or 'stop'."""
+  action: str
+  message: str = ""
+  state: object = None
+  step: int | None = None
+
+
+class SpikeGuard:
+  """The spike policy of one run, called by the loop at each logging interval.
+
+  `limits` is the band the jitted step skips outside of (unbounded unless
+  action=skip); `check` records skipped steps, or acts on the first alarm of
+  the interval (log it, roll back, or stop); `saved` feeds the good-checkpoint
+  bookkeeping. With `monitor` None it only passes unbounded limits.
+  """
+
+  def __init__(self, monitor: SpikeMonitor | None, *, ckpt=None, abstract_state=None,
+               train_iter=None, domains=(), workdir: str = "", is_main: bool = True):
+    self.monitor = monitor
+    self.skip_in_step = monitor is not None and monitor.cfg.action == "skip"
+    self.limits = step_limits(monitor if self.skip_in_step else None)
+    self._ckpt, self._abstract, self._iter = ckpt, abstract_state, train_iter
+    self._domains, self._workdir, self._is_main = domains, workdir, is_main
+
+  def _record(self, event: dict) -> None:
+    if self._is_main:
+      write_event(self._workdir, event)
+
+  def check(self, step: int, host_metrics: list[dict]) -> Verdict | None:
+    """After the interval ending at `step`: None to go on, or a Verdict."""
+    if self.monitor is None:
+      return None
+    if self.skip_in_step:
+      # The step already refused the bad updates; record them and move the band.
+      for event in skip_events(self.monitor, host_metrics, last_step=step, limits=self.limits):
+        log.warning(event["message"])
+        self._record(event)
+      self.limits = step_limits(self.monitor)
+      return None
+    alarm = first_alarm(self.monitor, host_metrics, last_step=step)
+    if alarm is None:
+      return None
+    event = alarm.event()
+    log.warning(alarm.message or f"loss spike at step {alarm.step}: {alarm.reasons}")
+    verdict = None
+    if alarm.action == "rollback":
+      state, skipped = roll_back(alarm, ckpt=self._ckpt, abstract_state=self._abstract,
+                                 train_iter=self._iter, domains=self._domains)
+      event.update(skipped)
+      self.monitor.rolled_back(alarm)
+      verdict = Verdict("rollback", alarm.message, state, alarm.restore_step)
+    elif alarm.action == "stop":
+      verdict = Verdict("stop", alarm.message or f"loss spike at step {alarm.step}: stopping")
+    self._record(event)
+    return verdict
+
+  def saved(self, step: int) -> None:
+    if self.monitor is not None:
+      self.monitor.saved(step)

@@ -1,17 +1,18 @@
-"""The pure training step: loss, gradients (with microbatch accumulation), update.
+"""The pure training step: gradients of a loss (with microbatch accumulation), update.
 
-`train_step(state, batch, limits) -> (state, metrics)` is a pure function of
-pytrees; the driver jits it once with donated state and explicit shardings.
+`train_step(state, batch, limits, *, loss_fn, tx, schedule, microbatches, rules)
+-> (state, metrics)` is a pure function of pytrees; the composition root
+(maxlm/run/) jits it once with donated state and explicit shardings.
 
-The loss is the mean next-token cross entropy over tokens whose loss_mask is
-1, so padding and cross-document targets never count. With microbatches the
+The loss is a seam: `loss_fn(params, batch, rng) -> (objective_sum, aux)`
+(maxlm/train/losses.py documents the contract). The default is the next-token
+loss; distillation (maxlm/distill/step.py) supplies its own, and so gets the
+same accumulation, skip guard and step metrics. With microbatches the
 per-microbatch *sums* are accumulated and divided by the total token count at
-the end, so accumulation gives the same gradient as one big batch. With
-`model.z_loss` > 0 the objective adds z_loss * log(Z)^2 per token (PaLM,
-Chowdhery et al. 2022, sec. 5); the logged `loss` stays the cross entropy.
+the end, so accumulation gives the same gradient as one big batch.
 
 Skipping an update happens here, not on the host: when the loss leaves the
-band in `limits` (the spike monitor's, refreshed by the driver at each log
+band in `limits` (the spike monitor's, refreshed by the loop at each log
 boundary) or the loss or gradient norm is not finite, every param and
 optimizer leaf keeps its old value bit for bit (`jnp.where`), the step counter
 still advances, and `skipped` is 1. So a NaN gradient never reaches the
@@ -25,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from maxlm.model import ModelConfig, forward
+from maxlm.model import ModelConfig
+from maxlm.train.losses import loss_sums, next_token_loss
 
 # Layer groups for per-group gradient norms, matched against a param's path in
 # this order ("attn_norm" is a norm, not attention).
@@ -35,45 +37,15 @@ GRAD_GROUPS = (("norms", "norm"), ("embedding", "embedding"), ("lm_head", "lm_he
 LIMIT_KEYS = ("loss_lo", "loss_hi", "grad_norm_hi")
 
 
-def loss_sums(params, batch, *, model_config: ModelConfig, num_domains: int, dropout_rng=None):
-  """Returns (objective sum over masked tokens, aux dict of sums) for one (micro)batch.
-
-  The objective is the cross entropy plus the z-loss term when model.z_loss > 0;
-  aux["nll_sum"] is the cross entropy alone. `dropout_rng` turns dropout on.
-  """
-  cfg = ModelConfig.from_any(model_config)
-  logits_btv = forward(cfg, params, batch["inputs"], batch["segment_ids"], batch["positions"],
-                       dropout_rng=dropout_rng)
-  nll_bt = optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch["targets"])
-  mask_bt = batch["loss_mask"].astype(jnp.float32)
-  nll_bt = nll_bt * mask_bt
-  # Per-domain ("channel") sums: one segment_sum per step, negligible next to the model.
-  domain_b_t = batch["domain_ids"].reshape(-1)
-  aux = dict(
-      count=mask_bt.sum(),
-      nll_sum=nll_bt.sum(),
-      domain_loss_sum=jax.ops.segment_sum(nll_bt.reshape(-1), domain_b_t, num_domains),
-      domain_count=jax.ops.segment_sum(mask_bt.reshape(-1), domain_b_t, num_domains),
-      # Largest |logit| over scored tokens: the quantity z-loss and logit soft-capping keep
-      # in check. A max, not a sum: microbatches combine it with jnp.maximum.
-      max_abs_logit=jnp.max(jax.lax.stop_gradient(jnp.abs(logits_btv)).max(-1) * mask_bt),
-  )
-  total = aux["nll_sum"]
-  if cfg.z_loss > 0:
-    log_z_bt = jax.nn.logsumexp(logits_btv, axis=-1)  # [B, T]
-    aux["z_loss_sum"] = (cfg.z_loss * jnp.square(log_z_bt) * mask_bt).sum()
-    total = total + aux["z_loss_sum"]
-  return total, aux
-
-
 def _combine(a, b):
   """Accumulates two microbatches' ((total, aux), grads): sums, but maxima for max_* keys."""
   return jax.tree_util.tree_map_with_path(
       lambda p, x, y: jnp.maximum(x, y) if "max_" in jax.tree_util.keystr(p) else x + y, a, b)
 
 
-def _grads_and_sums(params, batch, microbatches: int, sums_fn, rng):
-  grad_fn = jax.value_and_grad(sums_fn, has_aux=True)
+def accumulate(params, batch, microbatches: int, loss_fn, rng):
+  """((objective_sum, aux), grads) summed over `microbatches` slices of `batch`."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if microbatches == 1:
     return grad_fn(params, batch, rng)
   # [B, ...] -> [M, B/M, ...]; a scan keeps one microbatch's activations live.
@@ -109,24 +81,39 @@ def _update_ok(loss, grad_norm, limits):
           & (loss <= lim["loss_hi"]) & (grad_norm <= lim["grad_norm_hi"]))
 
 
-def train_step(state, batch, limits=None, *, model_config: ModelConfig, tx, schedule,
-               microbatches: int, num_domains: int, rules=()):
+# Aux keys the step reports itself rather than as `<name>` = sum / count.
+_OWN_KEYS = ("count", "nll_sum", "loss_sum", "domain_loss_sum", "domain_count")
+
+
+def _default_loss(loss_fn, model_config, num_domains):
+  """`loss_fn`, or the next-token loss when a caller gives model_config/num_domains instead."""
+  if loss_fn is not None:
+    return loss_fn
+  if model_config is None or num_domains is None:
+    raise TypeError("train_step needs loss_fn (or model_config and num_domains for the default"
+                    " next-token loss)")
+  return next_token_loss(model_config, num_domains)
+
+
+def train_step(state, batch, limits=None, *, loss_fn=None, tx, schedule, microbatches: int = 1,
+               rules=(), model_config: ModelConfig | None = None, num_domains: int | None = None):
   """One optimizer update. `state` = dict(params, opt_state, step, rng).
 
+  `loss_fn(params, batch, rng) -> (objective_sum, aux)`; `model_config` and
+  `num_domains` without a loss_fn are shorthand for the next-token loss.
   `limits`: optional dict of float scalars (LIMIT_KEYS); outside them, or on a
   non-finite loss or gradient norm, the update is skipped (see the module doc).
   """
-  def sums_fn(params, batch, dropout_rng):
-    return loss_sums(params, batch, model_config=model_config, num_domains=num_domains,
-                     dropout_rng=dropout_rng)
-
+  loss_fn = _default_loss(loss_fn, model_config, num_domains)
   # Fold the step in, so each step's dropout masks differ and resume replays them exactly.
   rng = jax.random.fold_in(state["rng"], state["step"])
   with nn.logical_axis_rules(rules):
-    (_, aux), grads = _grads_and_sums(state["params"], batch, microbatches, sums_fn, rng)
+    (_, aux), grads = accumulate(state["params"], batch, microbatches, loss_fn, rng)
   count = jnp.maximum(aux["count"], 1.0)
   grads = jax.tree.map(lambda g: g / count, grads)
-  loss, grad_norm = aux["nll_sum"] / count, optax.global_norm(grads)
+  # `loss` is what the spike band guards and the curves show: the cross entropy, unless the
+  # loss names another quantity (a distillation objective) as `loss_sum`.
+  loss, grad_norm = aux.get("loss_sum", aux["nll_sum"]) / count, optax.global_norm(grads)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   ok = _update_ok(loss, grad_norm, limits or {})
@@ -138,18 +125,21 @@ def train_step(state, batch, limits=None, *, model_config: ModelConfig, tx, sche
   metrics = dict(loss=loss, grad_norm=grad_norm,
                  lr=schedule(state["step"]), tokens=aux["count"],
                  domain_loss_sum=aux["domain_loss_sum"], domain_count=aux["domain_count"],
-                 max_abs_logit=aux["max_abs_logit"],
                  # RMS(update) / RMS(params) over the whole model: ~lr in steady state.
                  update_rms_ratio=optax.global_norm(updates) / optax.global_norm(state["params"]),
                  skipped=1 - ok.astype(jnp.int32),
                  **group_grad_norms(grads))
-  if "z_loss_sum" in aux:
-    metrics["z_loss"] = aux["z_loss_sum"] / count
+  for k, v in aux.items():  # the loss's own terms: z_loss_sum -> z_loss, max_abs_logit as is
+    if k not in _OWN_KEYS and jnp.ndim(v) == 0:
+      metrics[k[:-len("_sum")] if k.endswith("_sum") else k] = (
+          v / count if k.endswith("_sum") else v)
   return new_state, metrics
 
 
-def eval_step(params, batch, *, model_config: ModelConfig, num_domains: int, rules=()):
-  """Loss sums on a held-out batch (no update)."""
+def eval_step(params, batch, *, loss_fn=None, model_config: ModelConfig | None = None,
+              num_domains: int | None = None, rules=()):
+  """The loss's aux sums on a held-out batch (no update, no dropout)."""
+  loss_fn = _default_loss(loss_fn, model_config, num_domains)
   with nn.logical_axis_rules(rules):
-    _, aux = loss_sums(params, batch, model_config=model_config, num_domains=num_domains)
+    _, aux = loss_fn(params, batch, None)
   return aux

@@ -1,0 +1,61 @@
+"""The loop's hooks for evaluation: held-out loss / perplexity / bits per byte, and probes.
+
+Each is built once by the composition root (held-out batches drawn, probe
+files parsed, so a bad file fails before any training) and returned as a
+`maxlm.train.loop.Hook`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+
+from maxlm.eval import perplexity
+from maxlm.eval import probes as probes_lib
+from maxlm.sharding import host_batch_to_global
+from maxlm.train.loop import Hook
+from maxlm.train.step import eval_step
+
+
+def evaluate(eval_fn, params, eval_batches: dict, batch_sh, eval_bytes: dict) -> dict:
+  """Held-out loss, perplexity and bits per byte per domain."""
+  nats, tokens = {}, {}
+  for name, batches in eval_batches.items():
+    nats[name] = tokens[name] = 0.0
+    for b in batches:
+      aux = jax.device_get(eval_fn(params, host_batch_to_global(b, batch_sh)))
+      nats[name] += float(aux["domain_loss_sum"].sum())
+      tokens[name] += float(aux["domain_count"].sum())
+  return perplexity.heldout_metrics(nats, tokens, eval_bytes)
+
+
+def heldout_line(step: int, metrics: dict) -> str:
+  """'eval step 100  code 2.912  docs 3.104  prose 3.387' (held-out loss per domain)."""
+  doms = sorted(k.split("/")[1] for k in metrics if k.startswith("eval/") and k.endswith("/loss"))
+  return f"eval step {step:6d}  " + "  ".join(
+      f"{d} {metrics[f'eval/{d}/loss']:.4f}" for d in doms)
+
+
+def heldout_hook(*, loss_fn, eval_batches, eval_bytes, every: int, shardings, batch_sh, rules,
+                 console=None) -> Hook:
+  """Held-out metrics every `every` steps and at the end; printed as one line each time."""
+  eval_fn = jax.jit(functools.partial(eval_step, loss_fn=loss_fn, rules=rules),
+                    in_shardings=(shardings["params"], batch_sh))
+
+  def fn(step, state):
+    m = evaluate(eval_fn, state["params"], eval_batches, batch_sh, eval_bytes)
+    if console is not None and m:
+      console.line(heldout_line(step, m))
+    return m
+  return Hook(every=every, fn=fn, name="heldout")
+
+
+def probe_hook(eval_cfg, *, model_config, tokenizer_path, seq_len: int) -> Hook | None:
+  """Probes from `config.eval.probes` every `config.eval.probe_every` steps, or None."""
+  if not (eval_cfg or {}).get("probes"):
+    return None
+  probes = probes_lib.load_probes(eval_cfg.probes)
+  fn = lambda step, state: probes_lib.probe_metrics(model_config, state["params"], tokenizer_path,
+                                                    probes, max_len=seq_len)
+  return Hook(every=eval_cfg.get("probe_every", 0), fn=fn, name="probes")
