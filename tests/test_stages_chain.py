@@ -105,7 +105,7 @@ def test_pretrain_writes_a_root_manifest(chain):
   assert [c["tokens_seen"] for c in m["chain"]] == [10 * 8 * 64] == [summary["tokens_seen"]]
 
 
-def test_anneal_from_pretrain(chain):
+def test_anneal_from_pretrain(chain, monkeypatch):
   pre_cfg, pre_wd, _ = chain["pretrain"]
   cfg, wd, summary = chain["anneal"]
   assert np.isfinite(summary["final_loss"])
@@ -122,7 +122,9 @@ def test_anneal_from_pretrain(chain):
   sched = make_schedule(peak_lr=m["peak_lr"], total_steps=6, **cfg.optim.schedule)
   assert float(sched(6)) == 0.0
   # The mixture moves to the high-quality source, and per-domain loss before/after is reported.
-  report = stages.report_domain_losses(cfg, wd)
+  # A relative workdir (the README's form) works: orbax is handed absolute paths.
+  monkeypatch.chdir(os.path.dirname(wd))
+  report = stages.report_domain_losses(cfg, os.path.basename(wd))
   assert set(report) == {"code", "docs", "prose"}
   assert all(np.isfinite([v["before"], v["after"]]).all() for v in report.values())
   assert m["parent"]["carry"] == "full" and m["parent"]["step"] == 10

@@ -36,7 +36,7 @@ def reference_run(tmp_path_factory, tokenizer_path):
 
 
 @pytest.mark.slow
-def test_tiny_config_trains_and_loss_falls(tmp_path, tokenizer_path):
+def test_tiny_config_trains_and_loss_falls(tmp_path, tokenizer_path, capsys):
   cfg = tiny_test_config(**{"data.tokenizer.path": tokenizer_path, "train.steps": 40,
                             "ckpt.export_params": True, "monitor.plot": True,
                             "train.log_every": 5})
@@ -50,6 +50,22 @@ def test_tiny_config_trains_and_loss_falls(tmp_path, tokenizer_path):
   # Three domains in the tiny config: every one has held-out loss and perplexity.
   assert {k for k in summary if k.endswith(("/loss", "/ppl"))} == {
       f"eval/{d}/{m}" for d in ("code", "docs", "prose") for m in ("loss", "ppl")}
+  # Held-out losses are printed at each evaluation (here the final one), one line.
+  line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("eval step"))
+  assert line.split()[2:] == ["40"] + [x for d in ("code", "docs", "prose")
+                                      for x in (d, f"{summary[f'eval/{d}/loss']:.4f}")]
+
+
+@pytest.mark.slow
+def test_rerun_of_a_finished_run_says_so_and_changes_nothing(reference_run, tokenizer_path,
+                                                             capsys):
+  ref_dir, summary = reference_run
+  before = open(os.path.join(ref_dir, "metrics.jsonl")).read()
+  again = train(tiny_test_config(**{"data.tokenizer.path": tokenizer_path}), ref_dir)
+  assert "already finished at step 12 (done.json)" in capsys.readouterr().out
+  assert again == json.loads(open(os.path.join(ref_dir, "done.json")).read())
+  assert again["step"] == summary["step"] == 12
+  assert open(os.path.join(ref_dir, "metrics.jsonl")).read() == before
 
 
 @pytest.mark.slow
