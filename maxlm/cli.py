@@ -25,6 +25,7 @@ class UsageError(ValueError):
 
   Lives here, not in maxlm.train, so light entry points (the scaling fits) need no jax.
   """
+  label = "error"
 
 
 def one_line(e: BaseException) -> str:
@@ -48,7 +49,7 @@ def _is_usage_error(e: BaseException) -> bool:
 
 
 def fail(e: BaseException, code: int) -> None:
-  kind = "config error" if code == 2 else f"error ({type(e).__name__})"
+  kind = getattr(e, "label", "error") if code == 2 else f"error ({type(e).__name__})"
   print(f"{kind}: {one_line(e)}  {_HINT}", file=sys.stderr)
   sys.exit(code)
 
@@ -75,7 +76,9 @@ def run(main, argv: list[str] | None = None) -> None:
       if isinstance(e, AttributeError):  # config_dict's "no such field" from a locked config
         bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
         culprit = next((a for a in bad if a.split(".")[-1] in one_line(e)), ", ".join(bad))
-        fail(UsageError(f"{culprit}: no such config field; {one_line(e)}"), 2)
+        err = UsageError(f"{culprit}: no such config field; {one_line(e)}")
+        err.label = "config error"
+        fail(err, 2)
       fail(e, 2)
     if _is_usage_error(e):
       fail(e, 2)

@@ -21,6 +21,7 @@ from maxlm.sharding import resolve_mesh_shape
 
 class ConfigError(UsageError):
   """A config value that cannot work, named by its dotted field path."""
+  label = "config error"
 
 
 # Every numeric field with a range: (dotted field, kind, low, high, why). kind "int" also
