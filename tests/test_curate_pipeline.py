@@ -261,3 +261,38 @@ def test_warc_reading_with_main_text_extraction(tmp_path):
   out = list(read.read_file(str(cut), "crawl"))
   assert [r["id"] for k, r in out if k == "doc"] == ["<urn:uuid:0000-0002>"]
   assert [(r["rule"], r["line"]) for k, r in out if k == "error"] == [("truncated_file", len(data))]
+
+
+def test_output_directory_is_never_mixed(tmp_path):
+  """A non-empty output is refused unless --overwrite; the same run, complete, is not redone."""
+  a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+  _write_jsonl(a, [{"id": f"a{i}", "text": _prose(i)} for i in range(3)])
+  _write_jsonl(b, [{"id": f"b{i}", "text": _prose(10 + i)} for i in range(2)])
+  c, out = _config(tmp_path, "dedup"), tmp_path / "out"
+  flags = ["--direct_running_mode=in_memory"]
+  pipeline.run(c, [str(a)], str(out), flags)
+  stamp = {p: os.stat(p).st_mtime_ns for p in glob.glob(str(out / "docs" / "*"))}
+  # The same run again: its summary, nothing rewritten.
+  again = pipeline.run(c, [str(a)], str(out), flags)
+  assert again["stages"][0]["docs_out"] == 3
+  assert {p: os.stat(p).st_mtime_ns for p in glob.glob(str(out / "docs" / "*"))} == stamp
+  # Another run (other inputs) into it: refused, outputs untouched.
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    pipeline.run(c, [str(b)], str(out), flags)
+  assert sorted(d["id"] for d in _read_out(str(out))[0]) == ["a0", "a1", "a2"]
+  # --overwrite: only the second run's documents and summary remain.
+  summary = pipeline.run(c, [str(b)], str(out), flags, overwrite=True)
+  assert sorted(d["id"] for d in _read_out(str(out))[0]) == ["b0", "b1"]
+  assert summary["stages"][0]["docs_out"] == 2
+  # A directory holding other files is never cleared, even with --overwrite.
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "notes.txt").write_text("mine")
+  with pytest.raises(FileExistsError, match="did not write"):
+    pipeline.run(c, [str(b)], str(other), flags, overwrite=True)
+  assert (other / "notes.txt").read_text() == "mine"
+  # The command line names the flag in one line.
+  r = subprocess.run([sys.executable, "-m", "maxlm.curate", "--config=configs/curate.py:dedup,runlocal",
+                      f"--input={a}", f"--output={out}", "--direct_running_mode=in_memory"],
+                     cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode != 0 and "is not empty" in r.stderr.strip().splitlines()[-1]
