@@ -1,6 +1,9 @@
 """What the training commands share: flags, quiet library logging, and honest exit codes.
 
-A run that did not do what was asked exits non-zero with one line saying why:
+Errors in flags, configs and input files are reported by maxlm/cli.py (one line,
+exit 2 or 1); this module adds what only a training run can fail at:
+
+a run that did not do what was asked exits non-zero with one line saying why:
 stopped by its spike guard, over its data error budget, or ending with a
 non-finite loss. A preempted run (SIGTERM) exits 0: it saved and resumes.
 """
@@ -11,10 +14,11 @@ import logging
 import math
 import sys
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from maxlm import cli as maxlm_cli
 from maxlm.data import DataErrorBudgetExceeded
 
 
@@ -50,4 +54,4 @@ def run(fn, name: str) -> None:
     if why:
       sys.exit(f"{name}: {why}")
 
-  app.run(main)
+  maxlm_cli.run(main)  # bad flags, configs and input files: one line too (maxlm/cli.py)
