@@ -1,9 +1,7 @@
 """What the training commands share: flags, quiet library logging, and honest exit codes.
 
 Errors in flags, configs and input files are reported by maxlm/cli.py (one line,
-exit 2 or 1); this module adds what only a training run can fail at:
-
-a run that did not do what was asked exits non-zero with one line saying why:
+exit 2 or 1); this module adds what only a training run can fail at. A run that did not do what was asked exits non-zero with one line saying why:
 stopped by its spike guard, over its data error budget, or ending with a
 non-finite loss. A preempted run (SIGTERM) exits 0: it saved and resumes.
 """
