@@ -8,11 +8,13 @@ The logic lives in maxlm.train.driver so notebooks can call it directly.
 """
 
 import logging
+import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from maxlm.errors import RunError
 from maxlm.train.driver import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file[:arg].",
@@ -26,7 +28,10 @@ def main(argv):
   # orbax and grain log every save at INFO through absl; keep maxlm's own lines.
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("maxlm").setLevel(logging.INFO)
-  train(_CONFIG.value, _WORKDIR.value)
+  try:
+    train(_CONFIG.value, _WORKDIR.value)
+  except RunError as e:  # the message is the whole story (refused resume, lock, full disk)
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
