@@ -7,14 +7,13 @@ Run it again with the same workdir to resume from the newest checkpoint.
 The logic lives in maxlm.train.driver so notebooks can call it directly.
 """
 
-import logging
 import sys
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from maxlm.errors import RunError
+from maxlm.monitor.logs import absl_verbosity, quiet_library_logs
 from maxlm.train.driver import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file[:arg].",
@@ -25,9 +24,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  # orbax and grain log every save at INFO through absl; keep maxlm's own lines.
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("maxlm").setLevel(logging.INFO)
+  # orbax and grain log every save at INFO through absl; keep maxlm's own lines
+  # (absl's --verbosity=0 brings the libraries' INFO back).
+  quiet_library_logs(absl_verbosity())
   try:
     train(_CONFIG.value, _WORKDIR.value)
   except RunError as e:  # the message is the whole story (refused resume, lock, full disk)
