@@ -12,6 +12,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from maxlm import cli
 from maxlm.errors import RunError
 from maxlm.monitor.logs import absl_verbosity, quiet_library_logs
 from maxlm.train.driver import train
@@ -34,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
