@@ -147,6 +147,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.ckpt.keep = 3  # newest checkpoints kept
   c.ckpt.async_save = True  # write in the background while training goes on
   c.ckpt.export_params = True  # params-only export at the end (for later stages / eval)
+  # Resuming with a config that changes the run (model, data, optim, seed...) is refused
+  # unless named here, comma-separated dotted prefixes: "optim.peak_lr,train.seed".
+  c.ckpt.allow_changes = ""
 
   c.monitor = ml_collections.ConfigDict()
   c.monitor.tensorboard = True

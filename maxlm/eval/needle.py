@@ -101,6 +101,11 @@ def evaluate(logits_fn: LogitsFn, *, filler_ids, needle_fn, question_ids, length
   return out
 
 
+_METRIC_LABELS = {"greedy_correct": "greedy_correct: share of answers generated exactly (0-1)",
+                  "teacher_forced_correct": "teacher_forced_correct: share of answers argmax-correct (0-1)",
+                  "answer_loglik": "answer_loglik: log p(answer | context) (nats)"}
+
+
 def heatmap(results: list[dict], path: str, key: str = "greedy_correct", title: str = "") -> str:
   """depth (rows) x length (columns) PNG of `key`."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -119,7 +124,7 @@ def heatmap(results: list[dict], path: str, key: str = "greedy_correct", title: 
   ax.set_xlabel("context length (tokens)")
   ax.set_ylabel("needle depth")
   ax.set_title(title or f"needle in a haystack: {key}")
-  fig.colorbar(im, ax=ax)
+  fig.colorbar(im, ax=ax, label=_METRIC_LABELS.get(key, key))
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

@@ -230,6 +230,7 @@ def plot_history(rows: list[dict], labels: list[str], out_png: str) -> str:
       ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
+    ax.set_xlabel("checkpoint")
     ax.set_ylabel(ylabel)
     ax.set_title(kind)
     ax.grid(alpha=0.3)
@@ -239,6 +240,33 @@ def plot_history(rows: list[dict], labels: list[str], out_png: str) -> str:
   fig.savefig(out_png, dpi=110)
   plt.close(fig)
   return out_png
+
+
+_YLABEL = {"completion": "log p(target | prompt) (nats)", "contrastive": "margin (nats; > 0 passes)"}
+
+
+def plot_each(rows: list[dict], labels: list[str], out_dir: str) -> list[str]:
+  """One figure per probe, `<out_dir>/<probe id>.png`: its value over the checkpoints."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for r in rows:
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.add_subplot()
+    ax.plot(range(len(labels)), r["values"], marker="o", lw=1)
+    if r["type"] == "contrastive":
+      ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
+    ax.set_xlabel("checkpoint")
+    ax.set_ylabel(_YLABEL[r["type"]])
+    ax.set_title(f"{r['id']} ({r['type']}): {r['status']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(r["id"]))
+    paths.append(os.path.join(out_dir, f"{safe}.png"))
+    fig.savefig(paths[-1], dpi=100)
+  return paths
 
 
 def expand_checkpoints(spec: str) -> list[tuple[str, str, int | None]]:
@@ -262,7 +290,8 @@ def expand_checkpoints(spec: str) -> list[tuple[str, str, int | None]]:
 
 def probe_checkpoints(spec: str, probes_path: str, out_dir: str, *, max_len: int | None = None
                       ) -> list[dict]:
-  """The CLI's work: run the probes on every checkpoint, write report.md, probes.jsonl, probes.png."""
+  """The CLI's work: run the probes on every checkpoint, write report.md, probes.jsonl,
+  probes.png (all probes) and probes/<id>.png (one figure per probe)."""
   from maxlm.generate import load_model  # pylint: disable=g-import-not-at-top
   probes = load_probes(probes_path)
   history = []
@@ -279,6 +308,7 @@ def probe_checkpoints(spec: str, probes_path: str, out_dir: str, *, max_len: int
   with open(os.path.join(out_dir, "report.md"), "w") as f:
     f.write(report)
   plot_history(rows, [lab for lab, _ in history], os.path.join(out_dir, "probes.png"))
+  plot_each(rows, [lab for lab, _ in history], os.path.join(out_dir, "probes"))  # one per probe
   print(report)
   return rows
 

@@ -8,16 +8,16 @@ non-finite loss. A preempted run (SIGTERM) exits 0: it saved and resumes.
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
 
 from absl import flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from maxlm import cli as maxlm_cli
 from maxlm.data import DataErrorBudgetExceeded
+from maxlm.errors import RunError
+from maxlm.monitor.logs import absl_verbosity, quiet_library_logs
 
 
 def failure(summaries: list[dict]) -> str | None:
@@ -41,13 +41,15 @@ def run(fn, name: str) -> None:
 
   def main(argv):
     del argv
-    # orbax and grain log every save at INFO through absl; keep maxlm's own lines.
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("maxlm").setLevel(logging.INFO)
+    # orbax and grain log every save at INFO through absl; keep maxlm's own lines
+    # (absl's --verbosity=0 brings the libraries' INFO back).
+    quiet_library_logs(absl_verbosity())
     try:
       out = fn(config.value, workdir.value)
     except DataErrorBudgetExceeded as e:
       sys.exit(f"{name}: stopped: {e}")
+    except RunError as e:  # the message is the whole story (refused resume, lock, full disk)
+      sys.exit(f"error: {e}")
     why = failure(out if isinstance(out, list) else [out])
     if why:
       sys.exit(f"{name}: {why}")

@@ -11,6 +11,7 @@ sub-stage schedule and the stage reports around it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -22,11 +23,11 @@ import jax
 from jax.experimental import multihost_utils
 
 from maxlm import data as data_lib
-from maxlm.checkpoint import Checkpointer, export_params
+from maxlm.checkpoint import Checkpointer, export_params, workdir_lock
 from maxlm.eval import perplexity
 from maxlm.interop import hf as hf_lib
 from maxlm.model import ModelConfig, flops_per_token
-from maxlm.monitor import MetricWriter, plot_loss_curve, read_jsonl
+from maxlm.monitor import MetricWriter, plot_loss_curve, read_jsonl, write_json_atomic
 from maxlm.optim import make_optimizer
 from maxlm.run import distill as distill_run
 from maxlm.run import evaluators
@@ -76,6 +77,11 @@ def _already_done(workdir: str, steps: int) -> dict | None:
 
 def train(config, workdir: str) -> dict:
   """Trains `config` in `workdir`, resuming from its newest checkpoint. Returns a summary."""
+  with contextlib.ExitStack() as run_guard:  # run safety: holds the workdir lock until return
+    return _train(config, workdir, run_guard)
+
+
+def _train(config, workdir: str, run_guard) -> dict:
   # ------------------------------------------------------------------ setup
   if config.distributed.initialize:
     d = config.distributed
@@ -90,9 +96,7 @@ def train(config, workdir: str) -> dict:
   is_main = jax.process_index() == 0
   workdir = os.path.abspath(workdir)  # orbax and the manifests want absolute paths
   os.makedirs(workdir, exist_ok=True)
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  run_guard.enter_context(workdir_lock(workdir, enabled=is_main))  # a second run refuses
   t_cfg = config.train
   seq_len = config.data.seq_len
 
@@ -132,9 +136,14 @@ def train(config, workdir: str) -> dict:
                                 **lineage.optim_kwargs(config.optim, config.get("init"), parent))
   shardings = state_shardings(model_cfg, tx, mesh, rules)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=config.ckpt.every,
-                      keep=config.ckpt.keep, async_save=config.ckpt.async_save)
+                      keep=config.ckpt.keep, async_save=config.ckpt.async_save,
+                      run_config=json.loads(config.to_json_best_effort()),
+                      allow_changes=config.ckpt.get("allow_changes", ""))
   abstract = abstract_state(model_cfg, tx, t_cfg.seed, shardings)
-  state, start_step = ckpt.restore_latest(abstract, train_iter)
+  state, start_step = ckpt.restore_or_fail(abstract, train_iter)  # refuses, never restarts
+  if is_main:  # only once the resume is accepted: a refused config must not replace it
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   if state is None and parent is not None:
     state = lineage.init_from_parent(
         parent, abstract, lambda: create_state(model_cfg, tx, t_cfg.seed, shardings), model_cfg,
@@ -241,8 +250,7 @@ def train(config, workdir: str) -> dict:
       plot_loss_curve(read_jsonl(writer.path), os.path.join(workdir, "loss.png"),
                       title=f"{os.path.basename(workdir)}",
                       events=read_jsonl(events_path) if os.path.exists(events_path) else None)
-    with open(os.path.join(workdir, "done.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    write_json_atomic(os.path.join(workdir, "done.json"), summary, indent=2)
   if is_main:
     lineage.write_manifest(workdir, config, parent, step=step,
                            status="done" if finished else

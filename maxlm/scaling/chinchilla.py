@@ -178,23 +178,34 @@ def _minimise(x0, log_n, log_d, log_loss, delta, options):
 LBFGS_OPTIONS = dict(maxiter=2000, gtol=1e-12, ftol=1e-15)
 
 
-def fit(n, d, loss, grid=None, delta=HUBER_DELTA, n_boot=0, seed=0, boot_starts=2, options=None):
+def fit(n, d, loss, grid=None, delta=HUBER_DELTA, n_boot=0, seed=0, boot_starts=2, options=None,
+        progress=None):
   """Fit Approach 3 from every start of `grid` (default: Hoffmann's 4,500) and keep the best.
 
   Bootstrap: `n_boot` resamples of the runs with replacement. Each refit starts
   from the full-data optimum and the next `boot_starts - 1` best grid optima
   (re-running all 4,500 starts per resample would cost n_boot times the fit;
   the resampled optimum lies near the full-data one).
+
+  `progress` (e.g. maxlm.monitor.Progress over len(grid) + n_boot items) gets
+  `update(what, cost=k, n=k)` after each batch of starts and each resample.
   """
   log_n, log_d, log_loss = np.log(np.asarray(n, float)), np.log(np.asarray(d, float)), np.log(np.asarray(loss, float))
   options = dict(LBFGS_OPTIONS, **(options or {}))
   grid = hoffmann_grid() if grid is None else np.asarray(grid, float)
   with _one_blas_thread():
-    return _fit(log_n, log_d, log_loss, grid, delta, n_boot, seed, boot_starts, options)
+    return _fit(log_n, log_d, log_loss, grid, delta, n_boot, seed, boot_starts, options, progress)
 
 
-def _fit(log_n, log_d, log_loss, grid, delta, n_boot, seed, boot_starts, options):
-  results = [_minimise(x0, log_n, log_d, log_loss, delta, options) for x0 in grid]
+def _fit(log_n, log_d, log_loss, grid, delta, n_boot, seed, boot_starts, options, progress=None):
+  results = []
+  batch = max(1, len(grid) // 10)  # ten progress lines over the starts
+  for i in range(0, len(grid), batch):
+    results += [_minimise(x0, log_n, log_d, log_loss, delta, options) for x0 in grid[i:i + batch]]
+    if progress is not None:
+      k = len(results) - i
+      progress.update(f"starts {len(results)}/{len(grid)}, best objective"
+                      f" {min(f for f, _ in results):.4e}", cost=k, n=k)
   order = np.argsort([f for f, _ in results])
   best_f, best_x = results[order[0]]
   samples = None
@@ -207,6 +218,8 @@ def _fit(log_n, log_d, log_loss, grid, delta, n_boot, seed, boot_starts, options
       _, x = min((_minimise(x0, log_n[idx], log_d[idx], log_loss[idx], delta, options) for x0 in starts),
                  key=lambda fx: fx[0])
       rows.append(_to_natural(x))
+      if progress is not None:
+        progress.update(f"bootstrap {len(rows)}/{n_boot}")
     samples = np.array(rows)
   E, A, B, alpha, beta = _to_natural(best_x)
   return ChinchillaFit(E=E, A=A, B=B, alpha=alpha, beta=beta, objective=float(best_f),

@@ -151,7 +151,9 @@ def _fit(args):
       _need_points(args.csv, n_points, n_params, method)
   if "approach3" in methods:
     grid = chinchilla.hoffmann_grid() if args.grid == "hoffmann" else chinchilla.coarse_grid()
-    fit3 = chinchilla.fit(t["n"], t["d"], t["loss"], grid=grid, n_boot=args.bootstrap, seed=args.seed)
+    from maxlm.monitor.progress import Progress  # pylint: disable=g-import-not-at-top
+    fit3 = chinchilla.fit(t["n"], t["d"], t["loss"], grid=grid, n_boot=args.bootstrap, seed=args.seed,
+                          progress=Progress(len(grid) + args.bootstrap, desc="approach 3 fit"))
     out.update(fit3.to_json())
     out["compute_optimal"] = [fit3.compute_optimal(c) for c in args.predict_flops]
     out["predictions"] = []

@@ -49,19 +49,25 @@ def is_done(workdir):
   return os.path.exists(os.path.join(workdir, DONE))
 
 
-def run(root, keep_going=True, log=print):
+def run(root, keep_going=True, log=print, progress_out=None):
   """Runs unfinished points one after another on this machine.
 
   `python` at the head of a command means this interpreter, so a manifest
   written for a TPU VM also runs from a virtual environment here. Each point's
-  stdout and stderr go to <workdir>/run.log. Returns {name: return code} for
-  the points it ran.
+  stdout and stderr go to <workdir>/run.log. After each point a progress line
+  ([k/n], elapsed, ETA weighted by the points' FLOPs) goes to stderr; the
+  summary is the last line. Returns {name: return code} for the points it ran.
   """
-  codes = {}
-  for p in read_points(root):
+  from maxlm.monitor.progress import Progress, duration  # pylint: disable=g-import-not-at-top
+  points = read_points(root)
+  todo = [p for p in points if not is_done(p["workdir"])]
+  for p in points:
     if is_done(p["workdir"]):
       log(f"skip {p['name']} (done)")
-      continue
+  cost = lambda p: float(p.get("flops") or 1.0)
+  progress = Progress(len(todo), desc="sweep", total_cost=sum(map(cost, todo)), out=progress_out)
+  codes = {}
+  for p in todo:
     argv = shlex.split(p["command"])
     if argv[0] == "python":
       argv[0] = sys.executable
@@ -69,9 +75,16 @@ def run(root, keep_going=True, log=print):
     t0 = time.time()
     with open(os.path.join(p["workdir"], "run.log"), "w") as logf:
       codes[p["name"]] = subprocess.call(argv, stdout=logf, stderr=subprocess.STDOUT)
-    log(f"ran {p['name']}: rc={codes[p['name']]} in {time.time() - t0:.1f}s")
-    if codes[p["name"]] and not keep_going:
+    rc = codes[p["name"]]
+    progress.update(f"{p['name']}: {'ok' if rc == 0 else f'FAILED rc={rc}'} in"
+                    f" {time.time() - t0:.1f}s", cost=cost(p))
+    if rc and not keep_going:
       break
+  failed = [n for n, rc in codes.items() if rc]
+  log(f"sweep: ran {len(codes)} of {len(todo)} point(s) in {duration(progress.elapsed)},"
+      f" {len(codes) - len(failed)} ok" + (f", {len(failed)} failed ({', '.join(failed)};"
+                                           " see <workdir>/run.log)" if failed else "")
+      + (f"; {len(points) - len(todo)} were already done" if len(todo) < len(points) else ""))
   return codes
 
 
@@ -84,7 +97,10 @@ def _read_metrics(path):
     for line in f:
       if not line.strip():
         continue
-      m = json.loads(line)
+      try:
+        m = json.loads(line)
+      except ValueError:  # a torn line (an interrupted write): the rest of the file counts
+        continue
       for k, v in m.items():
         if k.startswith("eval/") and k.endswith("/loss"):
           evals[k] = v
