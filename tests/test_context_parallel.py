@@ -53,7 +53,7 @@ def _mesh(data, context, tensor):
   return make_mesh(data=data, fsdp=1, tensor=tensor, context=context)
 
 
-def _dense_and_ring(mesh, C, q, k, v, seg, causal=True):
+def _dense_and_ring(mesh, C, q, k, v, seg, causal=True, block_k=None):
   """(dense value+grads, ring value+grads) of sum(sin(attention)), in natural order."""
   def dense(q, k, v):
     if causal:
@@ -62,14 +62,17 @@ def _dense_and_ring(mesh, C, q, k, v, seg, causal=True):
   want = jax.jit(jax.value_and_grad(dense, argnums=(0, 1, 2)))(q, k, v)
 
   seg_l = to_layout(seg, C)
-  if causal:
+  if block_k is None:  # through the model's dispatch
     ring_out = lambda q, k, v: attention_lib.attention(q, k, v, seg_l, impl="xla")
-  else:  # the model is always causal; the non-causal ring is called directly
+  else:  # directly, to set block_k or causal=False (the model is always causal)
     spec = jax.sharding.PartitionSpec("data", "context", "tensor", None)
     local = lambda *a: context_parallel.ring_attention_local(*a, axis_name="context",
-                                                             axis_size=C, causal=False)
-    ring_out = lambda q, k, v: jax.shard_map(
-        local, mesh=mesh, in_specs=(spec, spec, spec, jax.sharding.PartitionSpec("data", "context")), out_specs=spec)(q, k, v, seg_l)
+                                                             axis_size=C, causal=causal,
+                                                             block_k=block_k)
+    seg_spec = jax.sharding.PartitionSpec("data", "context")
+    ring_out = lambda q, k, v: jax.shard_map(  # check_vma off, as the dispatch runs it
+        local, mesh=mesh, in_specs=(spec, spec, spec, seg_spec), out_specs=spec,
+        check_vma=False)(q, k, v, seg_l)
   ring = lambda q, k, v: jnp.sum(jnp.sin(ring_out(q, k, v)))
   with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
     val, grads = jax.jit(jax.value_and_grad(ring, argnums=(0, 1, 2)))(
@@ -79,12 +82,12 @@ def _dense_and_ring(mesh, C, q, k, v, seg, causal=True):
   return want, got, from_layout(out, C)
 
 
-@pytest.mark.parametrize("data,context,tensor,causal",
-                         [(2, 4, 1, True), (1, 8, 1, True), (1, 4, 2, True), (2, 2, 2, True),
-                          (2, 4, 1, False)],
-                         ids=["data2-ctx4", "ctx8", "ctx4-tensor2", "data2-ctx2-tensor2",
-                              "noncausal-ctx4"])
-def test_ring_matches_dense_values_and_grads(data, context, tensor, causal):
+@pytest.mark.parametrize("data,context,tensor,causal,block_k",
+                         [(2, 4, 1, True, None), (1, 8, 1, True, 4), (1, 4, 2, True, None),
+                          (2, 2, 2, True, 8), (2, 4, 1, False, 4)],
+                         ids=["data2-ctx4", "ctx8-blockk4", "ctx4-tensor2", "data2-ctx2-tensor2-blockk8",
+                              "noncausal-ctx4-blockk4"])
+def test_ring_matches_dense_values_and_grads(data, context, tensor, causal, block_k):
   seed = _seed()
   rng = np.random.default_rng(seed)
   B, T, N, K, H = 2 * data, 16 * context, 4, 2, 8  # GQA: two query heads per kv head
@@ -93,7 +96,8 @@ def test_ring_matches_dense_values_and_grads(data, context, tensor, causal):
   v = jnp.asarray(rng.standard_normal((B, T, K, H)), jnp.float32)
   seg = jnp.asarray(_packed_segments(rng, B, T))
   mesh = _mesh(data, context, tensor)
-  (want_val, want_g), (got_val, got_g), out = _dense_and_ring(mesh, context, q, k, v, seg, causal)
+  (want_val, want_g), (got_val, got_g), out = _dense_and_ring(mesh, context, q, k, v, seg, causal,
+                                                              block_k)
   want_out = attention_lib.dense_attention(q, k, v, seg, causal=causal)
   np.testing.assert_allclose(out, want_out, atol=1e-5, rtol=1e-5, err_msg=f"seed={seed}")
   # A sum over ~B*T*N*H outputs: float32 reassociation reaches ~1e-6 of its scale.

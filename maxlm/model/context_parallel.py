@@ -34,9 +34,10 @@ Masks are exact: key j is visible to query i iff both have the same segment
 id and j <= i in the natural order, so packed documents that straddle shards
 still attend only within themselves, and padding (segment 0) sees padding.
 
-Per-block compute is the XLA path (einsums in float32, under jax.checkpoint so
-the backward recomputes each block's probabilities instead of keeping C of
-them). The Pallas kernel is not used per block: merging blocks needs each
+Per-block compute is the XLA path: einsums with float32 logits, keys taken
+`block_k` at a time with the same online softmax (so no [T/C, T/C] matrix
+either), each sub-block under jax.checkpoint so the backward recomputes its
+probabilities instead of keeping them. The Pallas kernel is not used per block: merging blocks needs each
 block's log-sum-exp and a causal mask at a query/key offset, and the kernel
 (kernels/flash_attention.py) exposes neither; that is the follow-up to make
 the per-block work flash-speed on GPU. Backward is autodiff through the ring
@@ -44,6 +45,8 @@ the per-block work flash-speed on GPU. Backward is autodiff through the ring
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -81,16 +84,38 @@ def _merge_block(carry, q_btkgh, k_bskh, v_bskh, mask_bts, scale):
   return m_new, l_new, acc_bkgth * corr_bkgt[..., None] + pv_bkgth
 
 
-# Backward recomputes the block's logits and probabilities from its inputs, so
-# the ring keeps O(T/C * H) residuals per step instead of a [T/C, T/C] matrix.
-_merge_block_remat = jax.checkpoint(_merge_block, static_argnums=(5,))
-
-
 def _mask(q_seg_bt, kv_seg_bs, q_idx_t, kv_idx_s, causal: bool):
   mask_bts = q_seg_bt[:, :, None] == kv_seg_bs[:, None, :]
   if causal:
     mask_bts &= (kv_idx_s[None, :] <= q_idx_t[:, None])[None]
   return mask_bts
+
+
+def _attend(carry, q, kv, *, causal: bool, scale: float, block_k: int):
+  """Merges the key/value block kv = (k, v, kv_seg, kv_idx) into the queries q = (q, seg, idx).
+
+  Keys are taken block_k at a time (a scan) so no more than [T, block_k]
+  logits exist at once, and each sub-block is under jax.checkpoint: the
+  backward recomputes its probabilities from the inputs instead of keeping
+  them, so residuals stay O(T * H) per ring step.
+  """
+  q_btkgh, q_seg_bt, q_idx_t = q
+  k_bskh, v_bskh, kv_seg_bs, kv_idx_s = kv
+
+  @jax.checkpoint
+  def one(carry, k_bskh, v_bskh, kv_seg_bs, kv_idx_s):
+    mask_bts = _mask(q_seg_bt, kv_seg_bs, q_idx_t, kv_idx_s, causal)
+    return _merge_block(carry, q_btkgh, k_bskh, v_bskh, mask_bts, scale)
+
+  S = k_bskh.shape[1]
+  if S <= block_k or S % block_k:
+    return one(carry, k_bskh, v_bskh, kv_seg_bs, kv_idx_s)
+  n = S // block_k
+  split = lambda x, axis: jnp.moveaxis(
+      x.reshape(*x.shape[:axis], n, block_k, *x.shape[axis + 1:]), axis, 0)
+  xs = (split(k_bskh, 1), split(v_bskh, 1), split(kv_seg_bs, 1), split(kv_idx_s, 0))
+  carry, _ = jax.lax.scan(lambda c, x: (one(c, *x), None), carry, xs)
+  return carry
 
 
 def _select(pred, a, b):
@@ -103,11 +128,13 @@ def _halves(x, axis):
 
 
 def ring_attention_local(q_btnh, k_bskh, v_bskh, segment_ids_bt, *, axis_name: str,
-                         axis_size: int, causal: bool = True, softmax_scale: float | None = None):
+                         axis_size: int, causal: bool = True, softmax_scale: float | None = None,
+                         block_k: int = 512):
   """Ring attention on one device's shard (call inside shard_map over `axis_name`).
 
   q [B, T/C, N, H], k and v [B, T/C, K, H], segment ids [B, T/C], all in the
   load-balanced layout (module docstring). Returns [B, T/C, N, H] in q's dtype.
+  `block_k`: keys per sub-block of the per-block compute (bounds its logits).
   """
   C = axis_size
   B, Tl, N, H = q_btnh.shape
@@ -123,16 +150,16 @@ def ring_attention_local(q_btnh, k_bskh, v_bskh, segment_ids_bt, *, axis_name: s
                      jnp.zeros((B, K, G, n, H), jnp.float32))
 
   # Step 0: the local block, whole (the diagonal chunks need the causal mask).
-  mask0 = _mask(segment_ids_bt, segment_ids_bt, q_idx_t, q_idx_t, causal)
-  state = _merge_block_remat(zeros(Tl), q_btkgh, k_bskh, v_bskh, mask0, scale)
+  attend = functools.partial(_attend, causal=causal, scale=scale, block_k=block_k)
+  state = attend(zeros(Tl), (q_btkgh, segment_ids_bt, q_idx_t),
+                 (k_bskh, v_bskh, segment_ids_bt, q_idx_t))
   kv = (k_bskh, v_bskh, segment_ids_bt)
   ring = [(j, (j + 1) % C) for j in range(C)]
   if not causal:  # every block pair may be visible: the plain ring over whole blocks
     for step in range(1, C):
       kv = jax.lax.ppermute(kv, axis_name, ring)
       kv_idx = _natural_index((me - step) % C, Tl, C)
-      mask = _mask(segment_ids_bt, kv[2], q_idx_t, kv_idx, False)
-      state = _merge_block_remat(state, q_btkgh, kv[0], kv[1], mask, scale)
+      state = attend(state, (q_btkgh, segment_ids_bt, q_idx_t), (*kv, kv_idx))
     return _finish(state, q_btnh)
 
   # Later steps work on the front / back query chunks separately (zigzag).
@@ -147,13 +174,12 @@ def ring_attention_local(q_btnh, k_bskh, v_bskh, segment_ids_bt, *, axis_name: s
     (k_f, k_b), (v_f, v_b) = _halves(k_blk, 1), _halves(v_blk, 1)
     (kseg_f, kseg_b), (kidx_f, kidx_b) = _halves(kseg_blk, 1), _halves(_natural_index(src, Tl, C), 0)
     # q_back x kv_front: always visible.
-    back = _merge_block_remat(back, q_b, k_f, v_f, _mask(seg_b, kseg_f, idx_b, kidx_f, True), scale)
+    back = attend(back, (q_b, seg_b, idx_b), (k_f, v_f, kseg_f, kidx_f))
     # One more c x c pair: q_front x kv_front if src < me, else q_back x kv_back.
     lower = src < me
     q_s, qseg_s, qidx_s = _select(lower, (q_f, seg_f, idx_f), (q_b, seg_b, idx_b))
     k_s, v_s, kseg_s, kidx_s = _select(lower, (k_f, v_f, kseg_f, kidx_f), (k_b, v_b, kseg_b, kidx_b))
-    merged = _merge_block_remat(_select(lower, front, back), q_s, k_s, v_s,
-                                _mask(qseg_s, kseg_s, qidx_s, kidx_s, True), scale)
+    merged = attend(_select(lower, front, back), (q_s, qseg_s, qidx_s), (k_s, v_s, kseg_s, kidx_s))
     front, back = _select(lower, merged, front), _select(lower, back, merged)
   return _finish(tuple(jnp.concatenate([f, b], axis=3) for f, b in zip(front, back)), q_btnh)
 

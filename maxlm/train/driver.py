@@ -118,7 +118,7 @@ def train(config, workdir: str) -> dict:
   seq_len = config.data.seq_len
 
   # ------------------------------------------------------------------ mesh
-  mesh = make_mesh(*mesh_shape)
+  mesh = make_mesh(*mesh_shape, context=config.mesh.get("context", 1))
   batch_sh = batch_sharding(mesh, rules)
   log.info("mesh %s over %d devices (%s)", dict(mesh.shape), jax.device_count(),
            jax.devices()[0].device_kind)
