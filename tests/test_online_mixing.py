@@ -101,3 +101,48 @@ def test_bad_inputs_fail_with_the_field_named(tmp_path):
   (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n')
   with pytest.raises(ValueError, match=r"metrics.jsonl:2: not JSON"):
     om.reference_losses(str(tmp_path), DOMAINS)
+
+
+def _rows(source: int, seq_len: int = 8):
+  """Endless rows of one source, each with a new document (doc id 1000*source + k)."""
+  import grain
+  def row(i):
+    n = 1 + i % seq_len
+    seg = np.zeros(seq_len, np.int32)
+    seg[:n] = 1
+    return dict(inputs_segment_ids=seg, doc_ids=np.full(seq_len, 1000 * source + i % 50, np.int32),
+                doc_offsets=np.zeros(seq_len, np.int32))
+  return grain.MapDataset.range(1 << 30).map(row).to_iter_dataset(grain.ReadOptions(num_threads=0))
+
+
+def _mixer():
+  from maxlm.data import mixing
+  infos = [mixing.SourceInfo(n, tuple(1000 * i + k for k in range(50))) for i, n in enumerate("ab")]
+  ds = mixing.ScheduledMixIterDataset([_rows(0), _rows(1)], infos,
+                                      mixing.make_stages([0.5, 0.5], ["a", "b"], (), 1),
+                                      rows_per_step=10)
+  return iter(ds.batch(10))
+
+
+def _sources(batch):
+  return (np.asarray(batch["doc_ids"])[:, 0] // 1000).tolist()
+
+
+def test_mixer_online_weights_apply_from_their_step_and_resume():
+  from maxlm.data import mixing
+  it = _mixer()
+  first = [_sources(next(it)) for _ in range(2)]
+  assert all(0 in s and 1 in s for s in first)  # 50/50 before any update
+  mixer = mixing.find_mixer(it)
+  mixer.set_online(2, [0.0, 1.0], rule_state=dict(updates=1))
+  assert _sources(next(it)) == [1] * 10  # step 2 follows the online weights
+  saved = it.get_state()
+  want = [next(it)["doc_ids"] for _ in range(2)]
+  fresh = _mixer()
+  fresh.set_state(saved)
+  assert mixing.find_mixer(fresh).online_state() == dict(entries=[[2, [0.0, 1.0]]],
+                                                         rule_state=dict(updates=1))
+  for w in want:
+    np.testing.assert_array_equal(next(fresh)["doc_ids"], w)
+  with pytest.raises(ValueError, match="arrive after the mixer served rows of step 5"):
+    mixer.set_online(4, [1.0, 1.0])
