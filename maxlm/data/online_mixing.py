@@ -140,6 +140,34 @@ def source_weights(domain_weights: Sequence[float], domains: Sequence[str],
   return out
 
 
+def from_data_config(data_config, vocab_size: int) -> MixingConfig | None:
+  """MixingConfig from `data.online_mixing` (None when no rule is set); reads the reference run."""
+  from maxlm.data import config as config_lib  # pylint: disable=g-import-not-at-top
+  om = data_config.get("online_mixing")
+  if not om or not om.get("rule"):
+    return None
+  domains = tuple(config_lib.domain_names(data_config))
+  reference = None
+  if om.rule == "doremi":
+    reference = reference_losses(om.reference_metrics, domains, om.get("reference_key",
+                                                                       "eval/{domain}/loss"))
+  cfg = MixingConfig(rule=om.rule, domains=domains, eta=float(om.eta),
+                     smoothing=float(om.smoothing), floor=float(om.floor), reference=reference,
+                     beta=float(om.beta), exploration=float(om.exploration),
+                     initial_loss=math.log(vocab_size))
+  cfg.validate()
+  return cfg
+
+
+def schedule_for(data_config) -> tuple:
+  """The mixture schedule the run follows: data.schedule, or a recorded trajectory to replay."""
+  om = data_config.get("online_mixing")
+  if om and om.get("replay"):
+    from maxlm.data import config as config_lib  # pylint: disable=g-import-not-at-top
+    return recorded_schedule(om.replay, [s["name"] for s in config_lib.iter_sources(data_config)])
+  return tuple(data_config.get("schedule", ()))
+
+
 # ---------------------------------------------------------------------------
 # Reading runs' metrics.jsonl: a reference run's losses, a recorded trajectory.
 
