@@ -146,3 +146,27 @@ def test_mixer_online_weights_apply_from_their_step_and_resume():
     np.testing.assert_array_equal(next(fresh)["doc_ids"], w)
   with pytest.raises(ValueError, match="arrive after the mixer served rows of step 5"):
     mixer.set_online(4, [1.0, 1.0])
+
+
+def test_updater_hands_the_mixer_the_rule_weights():
+  from maxlm.data import mixing
+  it = _mixer()
+  next(it)
+  cfg = om.MixingConfig(rule="doremi", domains=("x", "y"), eta=1.0,
+                        reference=dict(x=1.0, y=1.0))
+  seen = []
+  upd = om.Updater(cfg, mixing.find_mixer(it), source_names=("a", "b"), source_domains=("x", "y"),
+                   base_weights=(0.5, 0.5),
+                   domain_losses=lambda params: (seen.append(params), dict(x=1.0, y=1.0 + math.log(3)))[1])
+  m = upd(1, dict(params="live"))
+  assert seen == ["live"]
+  # excess = (0, log 3): weights 0.5 : 0.5 * 3 -> 1/4, 3/4.
+  np.testing.assert_allclose([m["mix/a"], m["mix/b"]], [0.25, 0.75], rtol=1e-12)
+  assert m["mix_loss/y"] == pytest.approx(1.0 + math.log(3))
+  entries = mixing.find_mixer(it).online_state()["entries"]
+  assert entries[0][0] == 1 and np.allclose(entries[0][1], [0.25, 0.75])
+  tokens = np.zeros(2)
+  for _ in range(40):
+    b = next(it)
+    np.add.at(tokens, _sources(b), np.asarray(b["inputs_segment_ids"]).sum(1))
+  assert abs(tokens[1] / tokens.sum() - 0.75) < 0.01  # token shares follow within a row

@@ -221,3 +221,42 @@ def recorded_schedule(metrics_path: str, sources: Sequence[str]) -> tuple[dict, 
   if not stages:
     raise ValueError(f"online mixing: {metrics_path} holds no mix/<source> weights for {list(sources)}")
   return tuple(stages)
+
+
+# ---------------------------------------------------------------------------
+# The updater the training loop calls as a hook.
+
+class Updater:
+  """`fn(step, state) -> metrics` for the loop's Hook: measure, update, hand the mixer new weights.
+
+  `domain_losses(params) -> {domain: loss}` is supplied by the composition root
+  (held-out loss on the live params; this module never imports the model).
+  The rule's state lives in the mixer's iterator state (mixing.set_online), so
+  whatever restores the data iterator restores the trajectory too.
+  """
+
+  def __init__(self, cfg: MixingConfig, mixer, *, source_names: Sequence[str],
+               source_domains: Sequence[str], base_weights: Sequence[float], domain_losses):
+    self.cfg, self.mixer = cfg, mixer
+    self.source_names, self.source_domains = tuple(source_names), tuple(source_domains)
+    self.base_weights = tuple(base_weights)
+    self.domain_losses = domain_losses
+
+  def _domain_weights_now(self) -> list[float]:
+    w = self.mixer.current_weights()
+    return [float(sum(x for x, d in zip(w, self.source_domains) if d == dom))
+            for dom in self.cfg.domains]
+
+  def __call__(self, step: int, state) -> dict:
+    losses = self.domain_losses(state["params"])
+    rule_state = self.mixer.online_state()["rule_state"]
+    if rule_state is None:  # first update: start from the weights in effect now
+      rule_state = initial_state(self.cfg, self._domain_weights_now())
+    new = update(self.cfg, rule_state, losses)
+    weights = source_weights(new["weights"], self.cfg.domains, self.source_domains,
+                             self.base_weights)
+    self.mixer.set_online(step, weights, new)
+    out = {WEIGHT_KEY.format(source=s): w for s, w in zip(self.source_names, weights)}
+    out.update({f"mix_domain/{d}": w for d, w in zip(self.cfg.domains, new["weights"])})
+    out.update({f"mix_loss/{d}": float(losses[d]) for d in self.cfg.domains})
+    return out
