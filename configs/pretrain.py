@@ -184,6 +184,16 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # In-training probes (maxlm/eval/probes.py): a probe JSONL ('' = off), scored
   # every `probe_every` steps (0 = only at the end) into metrics.jsonl as probe/*.
   c.eval = ml_collections.ConfigDict(dict(probes="", probe_every=0))
+  # Downstream evals during training (maxlm/eval/harness_hook.py): lm-eval task
+  # names or local task dirs / YAML files, run on the live params every `every`
+  # steps into metrics.jsonl as harness/<task>/<metric> (and harness.png).
+  c.eval.harness = ml_collections.ConfigDict(dict(
+      tasks=(),  # () = off
+      every=0,  # steps between runs (0 = never during training)
+      limit=0,  # documents per task (0 = all); keep small: it runs inside training
+      num_fewshot=-1,  # -1 = the task's default
+      batch_size=8,  # requests per scoring batch
+  ))
   return c
 
 

@@ -142,6 +142,10 @@ class _ScheduledMixIterator(grain.DatasetIterator):
   def online_state(self) -> dict:
     return self._online
 
+  @property
+  def source_names(self) -> list[str]:
+    return [i.name for i in self._infos]
+
   def current_weights(self) -> np.ndarray:
     """Effective weights now: schedule x reuse decay, 0 for exhausted sources."""
     step = self._rows // self._rows_per_step

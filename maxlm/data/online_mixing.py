@@ -236,8 +236,9 @@ class Updater:
   """
 
   def __init__(self, cfg: MixingConfig, mixer, *, source_names: Sequence[str],
-               source_domains: Sequence[str], base_weights: Sequence[float], domain_losses):
-    self.cfg, self.mixer = cfg, mixer
+               source_domains: Sequence[str], base_weights: Sequence[float], domain_losses,
+               plot_path: str | None = None):
+    self.cfg, self.mixer, self.plot_path = cfg, mixer, plot_path
     self.source_names, self.source_domains = tuple(source_names), tuple(source_domains)
     self.base_weights = tuple(base_weights)
     self.domain_losses = domain_losses
@@ -256,7 +257,36 @@ class Updater:
     weights = source_weights(new["weights"], self.cfg.domains, self.source_domains,
                              self.base_weights)
     self.mixer.set_online(step, weights, new)
+    if self.plot_path:
+      self.plot()
     out = {WEIGHT_KEY.format(source=s): w for s, w in zip(self.source_names, weights)}
     out.update({f"mix_domain/{d}": w for d, w in zip(self.cfg.domains, new["weights"])})
     out.update({f"mix_loss/{d}": float(losses[d]) for d in self.cfg.domains})
     return out
+
+  def plot(self) -> str:
+    """Source weights over steps (from the mixer's saved entries, so a resumed run's plot is whole)."""
+    from maxlm.monitor.plots import plot_prefix  # pylint: disable=g-import-not-at-top
+    rows = [dict(step=step, **{WEIGHT_KEY.format(source=n): w for n, w in zip(self.source_names, ws)})
+            for step, ws in self.mixer.online_state()["entries"]]
+    return plot_prefix(rows, "mix/", self.plot_path, title=f"online mixing ({self.cfg.rule})",
+                       ylabel="source weight")
+
+
+def make_updater(data_config, train_iter, *, vocab_size: int, domain_losses,
+                 workdir: str | None = None) -> Updater | None:
+  """The Updater for `data.online_mixing` over this run's train iterator (None when off)."""
+  from maxlm.data import config as config_lib  # pylint: disable=g-import-not-at-top
+  from maxlm.data import mixing  # pylint: disable=g-import-not-at-top
+  cfg = from_data_config(data_config, vocab_size)
+  if cfg is None:
+    return None
+  mixer = mixing.find_mixer(train_iter)
+  if mixer is None:
+    raise ValueError("data.online_mixing: the train iterator has no mixer to update")
+  by_name = {s["name"]: s for s in config_lib.iter_sources(data_config)}
+  srcs = [by_name[n] for n in mixer.source_names]  # the mixer's order is the weights' order
+  return Updater(cfg, mixer, source_names=[s["name"] for s in srcs],
+                 source_domains=[s["domain"] for s in srcs],
+                 base_weights=[float(s["weight"]) for s in srcs], domain_losses=domain_losses,
+                 plot_path=os.path.join(workdir, "mixing.png") if workdir else None)

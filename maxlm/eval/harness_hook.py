@@ -25,6 +25,7 @@ import os
 import re
 
 from maxlm.eval.lm_eval_model import MaxlmLM
+from maxlm.monitor.plots import plot_prefix
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ class HarnessEvaluator:
     limit = self.cfg.get("limit")
     res = lm_eval.simple_evaluate(
         model=lm, tasks=list(self.tasks), task_manager=self.task_manager,
-        num_fewshot=self.cfg.get("num_fewshot"), limit=limit if limit else None,
+        num_fewshot=None if self.cfg.get("num_fewshot", -1) < 0 else int(self.cfg.num_fewshot),
+        limit=limit if limit else None,
         bootstrap_iters=0,  # no stderr: a training curve needs the value, not a bootstrap
         log_samples=False, random_seed=0, numpy_random_seed=0, fewshot_random_seed=0)
     metrics = harness_metrics(res or {})
@@ -101,21 +103,3 @@ class HarnessEvaluator:
       plot_prefix(self.history, "harness/", self.plot_path, title="downstream evals",
                   ylabel="metric")
     return metrics
-
-
-def plot_prefix(rows: list[dict], prefix: str, out_png: str, *, title: str, ylabel: str) -> str:
-  """Every `prefix*` key of metrics rows against step, one line each (headless matplotlib)."""
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  fig = Figure(figsize=(7, 4))
-  ax = fig.add_subplot()
-  for k in sorted({k for r in rows for k in r if k.startswith(prefix)}):
-    pts = [(r["step"], r[k]) for r in rows if k in r]
-    ax.plot(*zip(*pts), marker="o", ms=3, label=k[len(prefix):])
-  ax.set_xlabel("step")
-  ax.set_ylabel(ylabel)
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(out_png, dpi=120)
-  return out_png

@@ -21,6 +21,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from maxlm import data as data_lib
+from maxlm.data import online_mixing
 from maxlm.checkpoint import Checkpointer, export_params
 from maxlm.eval import perplexity
 from maxlm.eval import probes as probes_lib
@@ -208,6 +209,25 @@ def train(config, workdir: str) -> dict:
                                       num_domains=len(domains), rules=rules),
                     in_shardings=(shardings["params"], batch_sh))
 
+  # ------------------------------------------------------------------ hooks
+  # Online mixing (maxlm/data/online_mixing.py) and downstream evals (maxlm/eval/
+  # harness_hook.py): (every, fn(step, state) -> metrics), called after the step.
+  hooks = []
+  heldout_losses = lambda p: (lambda m: {d: m[f"eval/{d}/loss"] for d in domains})(
+      evaluate(eval_fn, p, eval_batches, batch_sh, eval_bytes))
+  updater = online_mixing.make_updater(
+      config.data, train_iter, vocab_size=model_cfg.vocab_size, domain_losses=heldout_losses,
+      workdir=workdir if is_main else None)
+  if updater is not None:
+    hooks.append((config.data.online_mixing.update_every, updater))
+  harness_cfg = (config.get("eval") or {}).get("harness")
+  if harness_cfg and harness_cfg.get("tasks"):
+    from maxlm.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+    from maxlm.eval.harness_hook import HarnessEvaluator  # pylint: disable=g-import-not-at-top
+    hooks.append((harness_cfg.every, HarnessEvaluator(
+        harness_cfg, model_config=model_cfg, tokenizer=tokenizer_lib.load(tokenizer_path),
+        max_length=seq_len, workdir=workdir if is_main else None)))
+
   # ------------------------------------------------------------------ loop
   writer = MetricWriter(workdir, tensorboard=config.monitor.tensorboard, enabled=is_main)
   tokens_per_step = t_cfg.global_batch * seq_len
@@ -282,6 +302,10 @@ def train(config, workdir: str) -> dict:
           and step < t_cfg.steps:
         writer.write(step, run_probes(state["params"]))
         t_interval = time.time()
+      for every, hook_fn in hooks:
+        if every and step % every == 0 and step < t_cfg.steps:
+          writer.write(step, hook_fn(step, state))
+          t_interval = time.time()  # hook time is not training throughput
       if ckpt.save(step, state, train_iter, force=preempt.requested) and spikes:
         spikes.saved(step)
       if preempt.requested:
