@@ -14,7 +14,15 @@ view of the prose with min_doc_chars set is ramped in by data.schedule.
 `arg`: a pretrain size, `runlocal`, `parent=<workdir>`, `orig=<the parent's
 seq_len>`, `rope=yarn|llama3|linear|dynamic|theta` (theta = default RoPE with
 a larger base, "ABF", Xiong et al. 2023), `lengths=256/512` (slash-separated),
-`steps=<per sub-stage>`.
+`steps=<per sub-stage>`, `context=<n>` (mesh.context: the sequence is split
+over n devices with ring attention; default 4 off runlocal, 1 on it).
+
+Context parallelism (maxlm/model/context_parallel.py): at 32K the activations
+of one row dominate the step; a 4-way context axis splits them (and, with the
+rules below, the weights, gradients and optimizer state ZeRO-style over the
+same devices), so the compiled step's temporary memory falls to <= 1/3 of one
+device's (BENCHMARKS.md, bench/context_memory.py). Needs a device count
+divisible by `context`; set context=1 on fewer devices.
 
 Memory: `1b` at 32K uses remat='full' and the Pallas attention kernel; what
 fits on one 80 GB GPU is to be measured and written in BENCHMARKS.md (not yet
@@ -76,6 +84,12 @@ def get_config(arg: str = "tiny"):
                                 c.model.rope_theta)
   c.model.rope_theta = theta
   c.model.rope_scaling = scaling
+  # The sequence over `context` devices; the weights' 'embed' dim over fsdp x context,
+  # so the context devices also share the params, grads and moments (ZeRO-3), as
+  # MaxText and torchtitan (FSDP over dp_shard x cp) do.
+  c.mesh.context = int(opts.get("context", 1 if local else 4))
+  c.mesh.rules = tuple((name, ("fsdp", "context")) if name == "embed" else (name, axes)
+                       for name, axes in c.mesh.rules)
   if not local:
     c.model.remat = "full"  # activations of a 32K row do not fit otherwise
     c.model.attention_impl = "pallas"  # no [T, S] score matrix in memory

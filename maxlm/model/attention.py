@@ -15,10 +15,20 @@ Implementations (`model.attention_impl`):
 
 Kernels (pallas, splash, cudnn) run inside shard_map over the mesh in context,
 batch sharded as the logical rules shard 'batch', heads as 'heads'/'kv'.
+
+Context parallelism: when the rules map the activations' 'length' axis to a
+mesh axis of size C > 1 (mesh.context), the sequence is sharded and every
+implementation goes through ring attention (maxlm/model/context_parallel.py),
+whose per-block compute is the XLA path; a kernel impl then logs a warning
+once (the ring's equivalence to dense attention is tested). The batch must
+then be in the load-balanced layout (maxlm.sharding.host_batch_to_global
+applies it).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 
 import flax.linen as nn
@@ -29,6 +39,9 @@ from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
 from kernels.flash_attention import flash_attention
+from maxlm.model import context_parallel
+
+log = logging.getLogger(__name__)
 
 
 def dense_attention(q_btnh, k_bskh, v_bskh, segment_ids_bt, *, causal: bool = True,
@@ -64,6 +77,18 @@ def attention(q_btnh, k_bskh, v_bskh, segment_ids_bt, *, impl: str = "xla"):
   segment_ids_bt may be None (one document per row); the model always passes
   ids. Kernels run inside shard_map over the mesh in context (see _sharded).
   """
+  if impl not in ("xla", "pallas", "cudnn", "splash"):
+    raise ValueError(f"model.attention_impl={impl!r} is not one of xla, pallas, splash, cudnn")
+  mesh = _current_mesh()
+  context = None if mesh is None else _context_axis(mesh, q_btnh.shape[1])
+  if context is not None:
+    if impl != "xla":
+      _warn_ring_per_block(impl)
+    if segment_ids_bt is None:
+      segment_ids_bt = jnp.ones(q_btnh.shape[:2], jnp.int32)
+    ring = functools.partial(context_parallel.ring_attention_local, axis_name=context,
+                             axis_size=mesh.shape[context])
+    return _sharded(ring, q_btnh, k_bskh, v_bskh, segment_ids_bt, length_axes=(context,))
   if impl == "xla":
     if segment_ids_bt is None:
       segment_ids_bt = jnp.ones(q_btnh.shape[:2], jnp.int32)
@@ -72,9 +97,7 @@ def attention(q_btnh, k_bskh, v_bskh, segment_ids_bt, *, impl: str = "xla"):
     return _sharded(_pallas_local, q_btnh, k_bskh, v_bskh, segment_ids_bt)
   if impl == "cudnn":
     return _sharded(_cudnn_local, q_btnh, k_bskh, v_bskh, segment_ids_bt)
-  if impl == "splash":
-    return _sharded(_splash_local, q_btnh, k_bskh, v_bskh, segment_ids_bt)
-  raise ValueError(f"model.attention_impl={impl!r} is not one of xla, pallas, splash, cudnn")
+  return _sharded(_splash_local, q_btnh, k_bskh, v_bskh, segment_ids_bt)
 
 
 def _pallas_local(q_btnh, k_bskh, v_bskh, segment_ids_bt):
@@ -139,7 +162,34 @@ def _mesh_axes(mesh, logical: str, dim: int) -> tuple[str, ...] | None:
   return axes if axes and dim % size == 0 else None
 
 
-def _sharded(local_fn, q_btnh, k_bskh, v_bskh, segment_ids_bt):
+@functools.lru_cache(maxsize=None)
+def _warn_ring_per_block(impl: str) -> None:
+  log.warning("model.attention_impl=%r under context parallelism: ring attention runs the XLA"
+              " per-block path (the kernel exposes no log-sum-exp to merge blocks)", impl)
+
+
+def _context_axis(mesh, T: int) -> str | None:
+  """The mesh axis the rules shard 'length' over when its size is > 1, else None.
+
+  Raises when the sequence cannot take the load-balanced layout: a silent
+  fallback to replicated attention would read a layout-ordered batch as if it
+  were in natural order.
+  """
+  (axes,) = nn.logical_to_mesh_axes(("length",))
+  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  axes = tuple(a for a in axes if a in mesh.axis_names and mesh.shape[a] > 1)
+  if not axes:
+    return None
+  if len(axes) > 1:
+    raise ValueError(f"mesh.rules map 'length' to {axes}; context parallelism rings over one axis")
+  C = mesh.shape[axes[0]]
+  if T % (2 * C):
+    raise ValueError(f"sequence length {T} is not divisible by 2 x mesh.context = {2 * C}"
+                     " (the load-balanced layout's chunks); change data.seq_len or mesh.context")
+  return axes[0]
+
+
+def _sharded(local_fn, q_btnh, k_bskh, v_bskh, segment_ids_bt, length_axes=None):
   """Runs local_fn inside shard_map: batch over the 'batch' axes, heads over 'heads'/'kv'.
 
   Each shard gets whole sequences of N/t query heads and the K/t kv heads that
@@ -147,6 +197,8 @@ def _sharded(local_fn, q_btnh, k_bskh, v_bskh, segment_ids_bt):
   and 'kv' map to the same mesh axes and both N and K divide by their size
   (otherwise the local GQA grouping would be wrong); else they are replicated,
   correct but redundant. A batch the 'batch' axes do not divide is replicated.
+  `length_axes` shards the sequence too (context parallelism; local_fn then
+  runs collectives over those axes).
   """
   mesh = _current_mesh()
   if mesh is None:
@@ -156,8 +208,8 @@ def _sharded(local_fn, q_btnh, k_bskh, v_bskh, segment_ids_bt):
   batch = _mesh_axes(mesh, "batch", B)
   heads, kv = _mesh_axes(mesh, "heads", N), _mesh_axes(mesh, "kv", K)
   heads = heads if heads == kv else None
-  qkv_spec = P(batch, None, heads, None)
-  seg_spec = P(batch, None)
+  qkv_spec = P(batch, length_axes, heads, None)
+  seg_spec = P(batch, length_axes)
   args = [q_btnh, k_bskh, v_bskh]
   specs = [qkv_spec] * 3
   if segment_ids_bt is not None:

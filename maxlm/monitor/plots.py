@@ -97,3 +97,20 @@ def loss_figure(rows: list[dict], title: str = "", events: list[dict] | None = N
   fig.suptitle(title or "training loss")
   fig.tight_layout()
   return fig
+
+
+def plot_prefix(rows: list[dict], prefix: str, out_png: str, *, title: str, ylabel: str) -> str:
+  """Every `prefix*` key of metrics rows against step, one line each (headless matplotlib)."""
+  fig = Figure(figsize=(7, 4))
+  ax = fig.add_subplot()
+  for k in sorted({k for r in rows for k in r if k.startswith(prefix)}):
+    pts = [(r["step"], r[k]) for r in rows if k in r]
+    ax.plot(*zip(*pts), marker="o", ms=3, label=k[len(prefix):])
+  ax.set_xlabel("step")
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out_png, dpi=120)
+  return out_png

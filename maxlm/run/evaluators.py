@@ -37,14 +37,18 @@ def heldout_line(step: int, metrics: dict) -> str:
       f"{d} {metrics[f'eval/{d}/loss']:.4f}" for d in doms)
 
 
-def heldout_hook(*, loss_fn, eval_batches, eval_bytes, every: int, shardings, batch_sh, rules,
-                 console=None) -> Hook:
-  """Held-out metrics every `every` steps and at the end; printed as one line each time."""
+def heldout_evaluator(*, loss_fn, eval_batches, eval_bytes, shardings, batch_sh, rules):
+  """params -> held-out metrics (compiled once; shared by the eval hook and online mixing)."""
   eval_fn = jax.jit(functools.partial(eval_step, loss_fn=loss_fn, rules=rules),
                     in_shardings=(shardings["params"], batch_sh))
+  return lambda params: evaluate(eval_fn, params, eval_batches, batch_sh, eval_bytes)
+
+
+def heldout_hook(heldout, *, every: int, console=None) -> Hook:
+  """Held-out metrics (`heldout(params)`) every `every` steps and at the end, one line each."""
 
   def fn(step, state):
-    m = evaluate(eval_fn, state["params"], eval_batches, batch_sh, eval_bytes)
+    m = heldout(state["params"])
     if console is not None and m:
       console.line(heldout_line(step, m))
     return m
@@ -59,3 +63,18 @@ def probe_hook(eval_cfg, *, model_config, tokenizer_path, seq_len: int) -> Hook 
   fn = lambda step, state: probes_lib.probe_metrics(model_config, state["params"], tokenizer_path,
                                                     probes, max_len=seq_len)
   return Hook(every=eval_cfg.get("probe_every", 0), fn=fn, name="probes")
+
+
+def harness_hook(eval_cfg, *, model_config, tokenizer_path, seq_len: int,
+                 workdir: str | None) -> Hook | None:
+  """lm-evaluation-harness tasks from `config.eval.harness` every `.every` steps, or None."""
+  harness_cfg = (eval_cfg or {}).get("harness")
+  if not (harness_cfg and harness_cfg.get("tasks")):
+    return None
+  # Imported only when asked for: lm-eval is the optional `eval` extra.
+  from maxlm.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from maxlm.eval.harness_hook import HarnessEvaluator  # pylint: disable=g-import-not-at-top
+  fn = HarnessEvaluator(harness_cfg, model_config=model_config,
+                        tokenizer=tokenizer_lib.load(tokenizer_path), max_length=seq_len,
+                        workdir=workdir)
+  return Hook(every=harness_cfg.every, fn=fn, name="harness")

@@ -23,6 +23,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from maxlm import data as data_lib
+from maxlm.data import online_mixing
 from maxlm.checkpoint import Checkpointer, export_params, workdir_lock
 from maxlm.eval import perplexity
 from maxlm.interop import hf as hf_lib
@@ -33,6 +34,7 @@ from maxlm.run import distill as distill_run
 from maxlm.run import evaluators
 from maxlm.sharding import batch_sharding, host_batch_to_global, make_mesh
 from maxlm.train import lineage, loop, rollback
+from maxlm.train.loop import Hook
 from maxlm.train.console import Console
 from maxlm.train.losses import next_token_loss
 from maxlm.train.metrics import interval_summary
@@ -101,7 +103,7 @@ def _train(config, workdir: str, run_guard) -> dict:
   seq_len = config.data.seq_len
 
   # ------------------------------------------------------------------ mesh
-  mesh = make_mesh(*mesh_shape)
+  mesh = make_mesh(*mesh_shape, context=config.mesh.get("context", 1))
   batch_sh = batch_sharding(mesh, rules)
   log.info("mesh %s over %d devices (%s)", dict(mesh.shape), jax.device_count(),
            jax.devices()[0].device_kind)
@@ -199,14 +201,27 @@ def _train(config, workdir: str, run_guard) -> dict:
   console = Console(total=t_cfg.steps, initial=start_step, mode=config.monitor.progress,
                     enabled=is_main)
   # Held-out evaluation is always plain cross entropy (comparable across stages and losses).
-  hooks = [evaluators.heldout_hook(
+  heldout = evaluators.heldout_evaluator(
       loss_fn=next_token_loss(model_cfg, len(domains)), eval_batches=eval_batches,
-      eval_bytes=eval_bytes, every=t_cfg.eval_every, shardings=shardings, batch_sh=batch_sh,
-      rules=rules, console=console)]
+      eval_bytes=eval_bytes, shardings=shardings, batch_sh=batch_sh, rules=rules)
+  hooks = [evaluators.heldout_hook(heldout, every=t_cfg.eval_every, console=console)]
   probes = evaluators.probe_hook(config.get("eval"), model_config=model_cfg,
                                  tokenizer_path=tokenizer_path, seq_len=seq_len)
   if probes is not None:
     hooks.append(probes)
+  # Online mixing (maxlm/data/online_mixing.py) re-weights domains from held-out losses.
+  updater = online_mixing.make_updater(
+      config.data, train_iter, vocab_size=model_cfg.vocab_size,
+      domain_losses=lambda p: (lambda m: {d: m[f"eval/{d}/loss"] for d in domains})(heldout(p)),
+      workdir=workdir if is_main else None)
+  if updater is not None:
+    hooks.append(Hook(every=config.data.online_mixing.update_every, fn=updater,
+                      name="online_mixing", at_end=False))
+  harness = evaluators.harness_hook(config.get("eval"), model_config=model_cfg,
+                                    tokenizer_path=tokenizer_path, seq_len=seq_len,
+                                    workdir=workdir if is_main else None)
+  if harness is not None:
+    hooks.append(harness)
   guard = rollback.SpikeGuard(spikes, ckpt=ckpt, abstract_state=abstract, train_iter=train_iter,
                               domains=domains, workdir=workdir, is_main=is_main)
 

@@ -167,11 +167,13 @@ def validate_config(config, n_devices: int) -> tuple[int, int, int]:
     raise ConfigError(str(e)) from None
 
   m = config.mesh
+  context = m.get("context", 1)
   try:
-    data, fsdp, tensor = resolve_mesh_shape(m.data, m.fsdp, m.tensor, n_devices)
+    data, fsdp, tensor = resolve_mesh_shape(m.data, m.fsdp, m.tensor, n_devices, context)
   except ValueError as e:
-    raise ConfigError(f"mesh (data={m.data}, fsdp={m.fsdp}, tensor={m.tensor}): {e}") from None
-  sizes = dict(data=data, fsdp=fsdp, tensor=tensor)
+    raise ConfigError(f"mesh (data={m.data}, fsdp={m.fsdp}, context={context}, tensor={m.tensor}):"
+                      f" {e}") from None
+  sizes = dict(data=data, fsdp=fsdp, context=context, tensor=tensor)
   rules = tuple(map(tuple, m.rules))
 
   # Every weight dimension must divide evenly over the mesh axes its logical name maps to.
@@ -195,6 +197,11 @@ def validate_config(config, n_devices: int) -> tuple[int, int, int]:
                       f" train.microbatches={t.microbatches} x data-parallel size {dp}")
   if t.steps < 1:
     raise ConfigError(f"train.steps={t.steps} must be >= 1")
+  cp = _mesh_axis_size("length", rules, sizes)
+  if cp > 1 and config.data.seq_len % (2 * cp):
+    raise ConfigError(f"data.seq_len={config.data.seq_len} is not divisible by 2 x {cp}, the"
+                      f" context-parallel size (mesh.context): the load-balanced layout needs"
+                      f" 2*context equal chunks")
 
   s = config.optim.schedule
   if s.name not in SCHEDULES:

@@ -1,0 +1,160 @@
+"""Context parallelism: ring attention on sequence shards against dense attention.
+
+Runs on the 8 fake CPU devices conftest.py sets up. Inputs are fresh random
+packed batches (documents straddle shard boundaries, trailing padding), in
+natural order; they are put in the load-balanced layout exactly as the
+trainer's batch placement does, and the outputs are read back in natural order.
+"""
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from maxlm.model import attention as attention_lib
+from maxlm.model import context_parallel
+from maxlm.sharding import batch_sharding, host_batch_to_global, make_mesh
+from maxlm.sharding.context_layout import from_layout, layout_indices, to_layout
+
+RULES = (("batch", ("data", "fsdp")), ("length", "context"), ("heads", "tensor"),
+         ("kv", "tensor"))
+
+
+def _seed():
+  return int(os.environ.get("MAXLM_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
+
+
+def _packed_segments(rng, B, T):
+  """Sorted segment ids 1..5 (so documents cross shard boundaries) and 0-padding at the end."""
+  seg_bt = np.sort(rng.integers(1, 6, (B, T)), axis=1).astype(np.int32)
+  for b in range(B):
+    seg_bt[b, T - int(rng.integers(0, 5)):] = 0
+  return seg_bt
+
+
+def test_layout_golden():
+  # T = 8 over C = 2: chunks of 2; device 0 holds chunks 0 and 3, device 1 chunks 1 and 2.
+  np.testing.assert_array_equal(layout_indices(8, 2), [0, 1, 6, 7, 2, 3, 4, 5])
+  np.testing.assert_array_equal(layout_indices(12, 3), [0, 1, 10, 11, 2, 3, 8, 9, 4, 5, 6, 7])
+  x = np.arange(24).reshape(2, 12)
+  np.testing.assert_array_equal(from_layout(to_layout(x, 3), 3), x)
+  np.testing.assert_array_equal(to_layout(x, 3)[1], 12 + layout_indices(12, 3))
+
+
+def test_layout_rejects_indivisible_length():
+  with pytest.raises(ValueError, match="not divisible by 2 x mesh.context = 8"):
+    layout_indices(20, 4)
+
+
+def _mesh(data, context, tensor):
+  return make_mesh(data=data, fsdp=1, tensor=tensor, context=context)
+
+
+def _dense_and_ring(mesh, C, q, k, v, seg, causal=True, block_k=None):
+  """(dense value+grads, ring value+grads) of sum(sin(attention)), in natural order."""
+  def dense(q, k, v):
+    if causal:
+      return jnp.sum(jnp.sin(attention_lib.dense_attention(q, k, v, seg)))
+    return jnp.sum(jnp.sin(attention_lib.dense_attention(q, k, v, seg, causal=False)))
+  want = jax.jit(jax.value_and_grad(dense, argnums=(0, 1, 2)))(q, k, v)
+
+  seg_l = to_layout(seg, C)
+  if block_k is None:  # through the model's dispatch
+    ring_out = lambda q, k, v: attention_lib.attention(q, k, v, seg_l, impl="xla")
+  else:  # directly, to set block_k or causal=False (the model is always causal)
+    spec = jax.sharding.PartitionSpec("data", "context", "tensor", None)
+    local = lambda *a: context_parallel.ring_attention_local(*a, axis_name="context",
+                                                             axis_size=C, causal=causal,
+                                                             block_k=block_k)
+    seg_spec = jax.sharding.PartitionSpec("data", "context")
+    ring_out = lambda q, k, v: jax.shard_map(  # check_vma off, as the dispatch runs it
+        local, mesh=mesh, in_specs=(spec, spec, spec, seg_spec), out_specs=spec,
+        check_vma=False)(q, k, v, seg_l)
+  ring = lambda q, k, v: jnp.sum(jnp.sin(ring_out(q, k, v)))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+    val, grads = jax.jit(jax.value_and_grad(ring, argnums=(0, 1, 2)))(
+        *(to_layout(x, C) for x in (q, k, v)))
+    out = jax.jit(ring_out)(*(to_layout(x, C) for x in (q, k, v)))
+  got = (val, tuple(from_layout(g, C) for g in grads))
+  return want, got, from_layout(out, C)
+
+
+@pytest.mark.parametrize("data,context,tensor,causal,block_k",
+                         [(2, 4, 1, True, None), (1, 8, 1, True, 4), (1, 4, 2, True, None),
+                          (2, 2, 2, True, 8), (2, 4, 1, False, 4)],
+                         ids=["data2-ctx4", "ctx8-blockk4", "ctx4-tensor2", "data2-ctx2-tensor2-blockk8",
+                              "noncausal-ctx4-blockk4"])
+def test_ring_matches_dense_values_and_grads(data, context, tensor, causal, block_k):
+  seed = _seed()
+  rng = np.random.default_rng(seed)
+  B, T, N, K, H = 2 * data, 16 * context, 4, 2, 8  # GQA: two query heads per kv head
+  q = jnp.asarray(rng.standard_normal((B, T, N, H)), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((B, T, K, H)), jnp.float32)
+  v = jnp.asarray(rng.standard_normal((B, T, K, H)), jnp.float32)
+  seg = jnp.asarray(_packed_segments(rng, B, T))
+  mesh = _mesh(data, context, tensor)
+  (want_val, want_g), (got_val, got_g), out = _dense_and_ring(mesh, context, q, k, v, seg, causal,
+                                                              block_k)
+  want_out = attention_lib.dense_attention(q, k, v, seg, causal=causal)
+  np.testing.assert_allclose(out, want_out, atol=1e-5, rtol=1e-5, err_msg=f"seed={seed}")
+  # A sum over ~B*T*N*H outputs: float32 reassociation reaches ~1e-6 of its scale.
+  np.testing.assert_allclose(got_val, want_val, rtol=1e-5, atol=1e-5 * B * T, err_msg=f"seed={seed}")
+  for name, g, w in zip("qkv", got_g, want_g):
+    np.testing.assert_allclose(g, w, atol=2e-5 * np.abs(w).max(), rtol=1e-4,
+                               err_msg=f"d{name} seed={seed}")
+
+
+def test_straddling_document_sees_only_itself():
+  """A document spanning every shard: its output ignores the documents around it."""
+  rng = np.random.default_rng(_seed())
+  B, T, C = 2, 32, 4
+  seg = np.ones((B, T), np.int32)
+  seg[:, 3:29] = 2  # document 2 covers parts of all 8 chunks
+  seg[:, 29:] = 3
+  q, k, v = (jnp.asarray(rng.standard_normal((B, T, 2, 8)), jnp.float32) for _ in range(3))
+  mesh = _mesh(2, C, 1)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+    out = from_layout(jax.jit(attention_lib.attention)(
+        *(to_layout(x, C) for x in (q, k, v, jnp.asarray(seg)))), C)
+  # Document 2 alone, attended densely from its own first token.
+  alone = attention_lib.dense_attention(q[:, 3:29], k[:, 3:29], v[:, 3:29],
+                                        jnp.ones((B, 26), jnp.int32))
+  np.testing.assert_allclose(out[:, 3:29], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_rejects_indivisible_sequence():
+  mesh = _mesh(2, 4, 1)
+  q = jnp.zeros((2, 20, 2, 8))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+    with pytest.raises(ValueError, match="sequence length 20 is not divisible by 2 x mesh.context"):
+      jax.jit(lambda q: attention_lib.attention(q, q, q, None))(q)
+
+
+def test_ring_runs_on_sequence_shards(monkeypatch):
+  """Each device's ring step sees B/data rows and T/context tokens, never the whole sequence."""
+  seen = []
+  real = context_parallel.ring_attention_local
+  monkeypatch.setattr(context_parallel, "ring_attention_local",
+                      lambda q, k, v, s, **kw: (seen.append((q.shape, kw)), real(q, k, v, s, **kw))[1])
+  mesh = _mesh(2, 4, 1)
+  q = jnp.zeros((4, 32, 2, 8))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+    jax.jit(lambda q: attention_lib.attention(q, q, q, None))(q)
+  assert seen == [((2, 8, 2, 8), dict(axis_name="context", axis_size=4))]
+
+
+def test_batch_placement_applies_the_layout():
+  mesh = _mesh(2, 4, 1)
+  sh = batch_sharding(mesh, RULES)
+  assert tuple(sh.spec) == (("data", "fsdp"), "context")
+  x = np.arange(2 * 16).reshape(2, 16).astype(np.int32)
+  placed = host_batch_to_global(dict(inputs=x, targets=x + 100), sh)
+  np.testing.assert_array_equal(jax.device_get(placed["inputs"]), to_layout(x, 4))
+  np.testing.assert_array_equal(jax.device_get(placed["targets"]), to_layout(x + 100, 4))
+  # Device 1 of the context axis holds chunks 1 and 6 (of 8) of row 0.
+  shard = next(s for s in placed["inputs"].addressable_shards
+               if s.index[0] == slice(0, 1) and s.index[1] == slice(4, 8))
+  np.testing.assert_array_equal(np.asarray(shard.data)[0], [2, 3, 12, 13])
