@@ -100,4 +100,7 @@ class ModelConfig:
     per_layer = attn + mlp + 2 * D + (2 * self.head_dim if self.qk_norm else 0)
     embed = V * D * (1 if self.tie_embeddings else 2)
     non_embed = L * per_layer + D
-    return dict(total=non_embed + embed, embedding=embed, non_embedding=non_embed)
+    # Multi-token prediction: per depth two input norms, the [2D, D] projection, one
+    # block and a final norm (embedding and head shared). Not in Kaplan's N: the trunk's.
+    mtp = self.mtp_depth * (per_layer + 2 * D * D + 3 * D)
+    return dict(total=non_embed + embed + mtp, embedding=embed, non_embedding=non_embed, mtp=mtp)

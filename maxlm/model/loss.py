@@ -31,6 +31,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 _LOGITS_AXES = ("batch", "length", "vocab")
 
@@ -150,10 +151,18 @@ def cross_entropy_sums(hidden_btd, w_dv, targets_bt, loss_mask_bt, domain_ids_bt
   domain_loss_sum / domain_count [num_domains] (per-domain channel sums),
   max_abs_logit (a max over scored tokens, not a sum) and z_loss_sum when on.
   """
-  lse_bt, picked_bt1, max_abs_bt = logit_stats(hidden_btd, w_dv, targets_bt[..., None],
-                                               chunk=chunk)
   mask_bt = loss_mask_bt.astype(jnp.float32)
-  nll_bt = (lse_bt - picked_bt1[..., 0]) * mask_bt
+  if chunk <= 0:
+    # The dense path is exactly the loss maxlm trained with before chunking (optax's
+    # cross entropy on full logits), bit for bit: dense runs and figures stay comparable.
+    logits_btv = _logits(hidden_btd, w_dv)
+    nll_bt = optax.softmax_cross_entropy_with_integer_labels(logits_btv, targets_bt) * mask_bt
+    lse_bt = jax.nn.logsumexp(logits_btv, axis=-1)
+    max_abs_bt = jax.lax.stop_gradient(jnp.abs(logits_btv)).max(-1)
+  else:
+    lse_bt, picked_bt1, max_abs_bt = logit_stats(hidden_btd, w_dv, targets_bt[..., None],
+                                                 chunk=chunk)
+    nll_bt = (lse_bt - picked_bt1[..., 0]) * mask_bt
   domain_b_t = domain_ids_bt.reshape(-1)
   aux = dict(
       count=mask_bt.sum(),
@@ -173,3 +182,4 @@ def masked_nll(hidden_btd, w_dv, targets_bt, mask_bt, *, chunk: int = 0):
   """Per-token cross entropy [B, T] (0 where mask is 0): what evaluation and distillation use."""
   lse_bt, picked_bt1, _ = logit_stats(hidden_btd, w_dv, targets_bt[..., None], chunk=chunk)
   return (lse_bt - picked_bt1[..., 0]) * mask_bt.astype(jnp.float32)
+

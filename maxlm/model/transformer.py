@@ -176,6 +176,28 @@ def _remat_policy(name: str):
   }[name]
 
 
+class MTPModule(nn.Module):
+  """One multi-token-prediction depth (maxlm/model/mtp.py): two norms, the [2D, D] projection, one block, the head's norm."""
+  cfg: ModelConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, h_btd, emb_btd, segment_ids_bt, positions_bt):
+    """Returns (h^k [B, T, D] for the next depth, final-normed hidden for the head)."""
+    cfg, dt = self.cfg, jnp.dtype(self.cfg.compute_dtype)
+    D = cfg.d_model
+    e_btd = RMSNorm(cfg.norm_eps, dt, name="embed_norm")(emb_btd)
+    h_btd = RMSNorm(cfg.norm_eps, dt, name="hidden_norm")(h_btd)
+    w_proj_ed = self.param("w_proj_ed", _init(cfg, ("embed", None)), (2 * D, D))
+    eh_bte = jnp.concatenate([e_btd, h_btd], axis=-1)  # [B, T, 2D], embedding first as DeepSeek
+    x_btd = jnp.einsum("bte,ed->btd", eh_bte, w_proj_ed.astype(dt))
+    block_cls = Block
+    if cfg.remat != "none":
+      block_cls = nn.remat(block_cls, policy=_remat_policy(cfg.remat))
+    x_btd = block_cls(cfg, self.deterministic, name="block")(x_btd, segment_ids_bt, positions_bt)
+    return x_btd, RMSNorm(cfg.norm_eps, dt, name="final_norm")(x_btd)
+
+
 class Transformer(nn.Module):
   """Embedding -> L pre-norm blocks -> final RMSNorm -> LM head. Returns float32 logits.
 
@@ -287,7 +309,23 @@ def init_params(model_config, rng, *, boxed: bool = False):
   tokens_bt = jnp.zeros((1, 1), jnp.int32)
   seg, pos = default_segments_and_positions(tokens_bt)
   params = _module(cfg).init(rng, tokens_bt, seg, pos)["params"]
+  if cfg.mtp_depth:  # an rng of their own: the trunk's params do not depend on mtp_depth
+    params = {**params, "mtp": _init_mtp(cfg, rng)}
   return params if boxed else nn.meta.unbox(params)
+
+
+# Folded into the init rng so the MTP modules never reuse the trunk's draws.
+_MTP_INIT_SALT = 0x4D5450  # "MTP"
+
+
+def _init_mtp(cfg: ModelConfig, rng):
+  """{"depth_<k>": MTPModule params} for k = 1..mtp_depth (boxed)."""
+  h_btd = jnp.zeros((1, 1, cfg.d_model), jnp.float32)
+  seg, pos = default_segments_and_positions(jnp.zeros((1, 1), jnp.int32))
+  base = jax.random.fold_in(rng, _MTP_INIT_SALT)
+  return {f"depth_{k}": MTPModule(cfg).init(jax.random.fold_in(base, k), h_btd, h_btd, seg,
+                                            pos)["params"]
+          for k in range(1, cfg.mtp_depth + 1)}
 
 
 OUTPUTS = ("logits", "hidden", "both")

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from maxlm.model import ModelConfig, forward
+from maxlm.model import ModelConfig
+from maxlm.model import objective
 
 # Layer groups for per-group gradient norms, matched against a param's path in
 # this order ("attn_norm" is a norm, not attention).
@@ -35,35 +36,16 @@ GRAD_GROUPS = (("norms", "norm"), ("embedding", "embedding"), ("lm_head", "lm_he
 LIMIT_KEYS = ("loss_lo", "loss_hi", "grad_norm_hi")
 
 
-def loss_sums(params, batch, *, model_config: ModelConfig, num_domains: int, dropout_rng=None):
+def loss_sums(params, batch, *, model_config: ModelConfig, num_domains: int, dropout_rng=None,
+              with_mtp: bool = True):
   """Returns (objective sum over masked tokens, aux dict of sums) for one (micro)batch.
 
-  The objective is the cross entropy plus the z-loss term when model.z_loss > 0;
-  aux["nll_sum"] is the cross entropy alone. `dropout_rng` turns dropout on.
+  maxlm.model.objective.next_token_sums: cross entropy (chunked per model.loss_chunk),
+  z-loss, multi-token prediction; aux["nll_sum"] is the cross entropy alone.
   """
-  cfg = ModelConfig.from_any(model_config)
-  logits_btv = forward(cfg, params, batch["inputs"], batch["segment_ids"], batch["positions"],
-                       dropout_rng=dropout_rng)
-  nll_bt = optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch["targets"])
-  mask_bt = batch["loss_mask"].astype(jnp.float32)
-  nll_bt = nll_bt * mask_bt
-  # Per-domain ("channel") sums: one segment_sum per step, negligible next to the model.
-  domain_b_t = batch["domain_ids"].reshape(-1)
-  aux = dict(
-      count=mask_bt.sum(),
-      nll_sum=nll_bt.sum(),
-      domain_loss_sum=jax.ops.segment_sum(nll_bt.reshape(-1), domain_b_t, num_domains),
-      domain_count=jax.ops.segment_sum(mask_bt.reshape(-1), domain_b_t, num_domains),
-      # Largest |logit| over scored tokens: the quantity z-loss and logit soft-capping keep
-      # in check. A max, not a sum: microbatches combine it with jnp.maximum.
-      max_abs_logit=jnp.max(jax.lax.stop_gradient(jnp.abs(logits_btv)).max(-1) * mask_bt),
-  )
-  total = aux["nll_sum"]
-  if cfg.z_loss > 0:
-    log_z_bt = jax.nn.logsumexp(logits_btv, axis=-1)  # [B, T]
-    aux["z_loss_sum"] = (cfg.z_loss * jnp.square(log_z_bt) * mask_bt).sum()
-    total = total + aux["z_loss_sum"]
-  return total, aux
+  return objective.next_token_sums(params, batch, model_config=model_config,
+                                   num_domains=num_domains, dropout_rng=dropout_rng,
+                                   with_mtp=with_mtp)
 
 
 def _combine(a, b):
@@ -143,13 +125,15 @@ def train_step(state, batch, limits=None, *, model_config: ModelConfig, tx, sche
                  update_rms_ratio=optax.global_norm(updates) / optax.global_norm(state["params"]),
                  skipped=1 - ok.astype(jnp.int32),
                  **group_grad_norms(grads))
-  if "z_loss_sum" in aux:
-    metrics["z_loss"] = aux["z_loss_sum"] / count
+  for key in aux:  # extra sums (z_loss_sum, mtp_sum, ...) are logged per scored token
+    if key.endswith("_sum") and key not in ("nll_sum", "domain_loss_sum"):
+      metrics[key[:-len("_sum")]] = aux[key] / count
   return new_state, metrics
 
 
 def eval_step(params, batch, *, model_config: ModelConfig, num_domains: int, rules=()):
   """Loss sums on a held-out batch (no update)."""
   with nn.logical_axis_rules(rules):
-    _, aux = loss_sums(params, batch, model_config=model_config, num_domains=num_domains)
+    _, aux = loss_sums(params, batch, model_config=model_config, num_domains=num_domains,
+                       with_mtp=False)  # evaluation scores the trunk alone
   return aux
