@@ -75,6 +75,42 @@ def _fwd_bwd(attn):
   return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
+def measure(shape, *, dtype, packed, causal, iters, interpret, block, impls=("kernel", "xla", "cudnn")):
+  """Rows {shape, pass, impl, ms, tflops, temp_mib} for one shape, fwd and fwd+bwd.
+
+  impls: kernel (kernels.flash_attention), xla (the dense reference), cudnn
+  (GPU only; packed batches go to it as a dense [B, 1, T, S] mask). A path that
+  fails (out of memory, unsupported) gets a row with its `error` instead.
+  """
+  B, T, N, K, H = shape
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.standard_normal((B, T, N, H)), dtype)
+  k = jnp.asarray(rng.standard_normal((B, T, K, H)), dtype)
+  v = jnp.asarray(rng.standard_normal((B, T, K, H)), dtype)
+  seg = _packed(B, T) if packed else None
+  fns = dict(
+      kernel=lambda q, k, v: flash_attention(q, k, v, segment_ids=seg, causal=causal,
+                                             block_q=block, block_k=block, interpret=interpret),
+      xla=lambda q, k, v: attention_reference(q, k, v, segment_ids=seg, causal=causal),
+      cudnn=_cudnn(seg, causal))
+  flops = 4 * B * T * T * N * H * (0.5 if causal else 1.0)
+  rows = []
+  for name, make, mult in (("fwd", jax.jit, 1.0), ("fwd+bwd", _fwd_bwd, 3.5)):
+    for impl in impls:
+      row = dict(B=B, T=T, N=N, K=K, H=H, dtype=jnp.dtype(dtype).name, packed=packed,
+                 causal=causal, impl=impl, **{"pass": name})
+      if impl == "cudnn" and jax.default_backend() != "gpu":
+        continue
+      try:
+        fn = make(fns[impl])
+        t = _time(fn, q, k, v, iters=iters)
+        row.update(ms=t * 1e3, tflops=flops * mult / t / 1e12, temp_mib=_temp_mib(fn, q, k, v))
+      except Exception as e:  # pylint: disable=broad-except  (dense logits may not fit)
+        row.update(error=f"{type(e).__name__}: {str(e)[:160]}")
+      rows.append(row)
+  return rows
+
+
 def bench(shapes, *, dtype, packed, causal, iters, interpret, block):
   print(f"backend={jax.default_backend()} device={jax.devices()[0].device_kind} "
         f"jax={jax.__version__} dtype={jnp.dtype(dtype).name} causal={causal} packed={packed}"
@@ -82,36 +118,22 @@ def bench(shapes, *, dtype, packed, causal, iters, interpret, block):
   print(f"{'B':>3} {'T':>6} {'N':>3} {'K':>3} {'H':>4} | {'pass':>7} | {'kernel ms':>10}"
         f" {'TFLOP/s':>8} {'MiB':>7} | {'xla ms':>10} {'TFLOP/s':>8} {'MiB':>7} | {'xla/kernel':>10}"
         f" | {'cudnn ms':>9} {'cudnn/kernel':>12}")
-  for B, T, N, K, H in shapes:
-    rng = np.random.default_rng(0)
-    q = jnp.asarray(rng.standard_normal((B, T, N, H)), dtype)
-    k = jnp.asarray(rng.standard_normal((B, T, K, H)), dtype)
-    v = jnp.asarray(rng.standard_normal((B, T, K, H)), dtype)
-    seg = _packed(B, T) if packed else None
-    kernel = lambda q, k, v: flash_attention(q, k, v, segment_ids=seg, causal=causal,
-                                             block_q=block, block_k=block, interpret=interpret)
-    dense = lambda q, k, v: attention_reference(q, k, v, segment_ids=seg, causal=causal)
-    flops = 4 * B * T * T * N * H * (0.5 if causal else 1.0)
-    for name, make, mult in (("fwd", jax.jit, 1.0), ("fwd+bwd", _fwd_bwd, 3.5)):
-      t_kernel = _time(make(kernel), q, k, v, iters=iters)
-      m_kernel = _temp_mib(make(kernel), q, k, v)
-      try:
-        t_xla = _time(make(dense), q, k, v, iters=iters)
-        m_xla = _temp_mib(make(dense), q, k, v)
-      except Exception as e:  # pylint: disable=broad-except  (dense logits may not fit)
-        print(f"  xla {name} failed: {type(e).__name__}")
-        t_xla = m_xla = float("nan")
-      t_cudnn = float("nan")
-      if jax.default_backend() == "gpu":
-        try:
-          t_cudnn = _time(make(_cudnn(seg, causal)), q, k, v, iters=iters)
-        except Exception as e:  # pylint: disable=broad-except
-          print(f"  cudnn {name} failed: {type(e).__name__}: {str(e)[:120]}")
-      tf = lambda t: flops * mult / t / 1e12
-      print(f"{B:>3} {T:>6} {N:>3} {K:>3} {H:>4} | {name:>7} | {t_kernel * 1e3:>10.2f}"
-            f" {tf(t_kernel):>8.3f} {m_kernel:>7.1f} | {t_xla * 1e3:>10.2f} {tf(t_xla):>8.3f}"
-            f" {m_xla:>7.1f} | {t_xla / t_kernel:>10.2f} | {t_cudnn * 1e3:>9.2f}"
-            f" {t_cudnn / t_kernel:>12.2f}")
+  nan = float("nan")
+  for shape in shapes:
+    rows = measure(shape, dtype=dtype, packed=packed, causal=causal, iters=iters,
+                   interpret=interpret, block=block)
+    for name in ("fwd", "fwd+bwd"):
+      by = {r["impl"]: r for r in rows if r["pass"] == name}
+      for r in by.values():
+        if "error" in r:
+          print(f"  {r['impl']} {name} failed: {r['error']}")
+      g = lambda impl, key: by.get(impl, {}).get(key, nan)
+      t_kernel, t_xla, t_cudnn = g("kernel", "ms"), g("xla", "ms"), g("cudnn", "ms")
+      B, T, N, K, H = shape
+      print(f"{B:>3} {T:>6} {N:>3} {K:>3} {H:>4} | {name:>7} | {t_kernel:>10.2f}"
+            f" {g('kernel', 'tflops'):>8.3f} {g('kernel', 'temp_mib'):>7.1f} | {t_xla:>10.2f}"
+            f" {g('xla', 'tflops'):>8.3f} {g('xla', 'temp_mib'):>7.1f} | {t_xla / t_kernel:>10.2f}"
+            f" | {t_cudnn:>9.2f} {t_cudnn / t_kernel:>12.2f}")
 
 
 def main():

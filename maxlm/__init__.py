@@ -5,7 +5,7 @@ use, so processes that only need a light subpackage (Beam curation workers,
 scaling-law fits) do not pay for importing jax and flax.
 """
 
-__all__ = ["ModelConfig", "forward", "init_params"]
+__all__ = ["ModelConfig", "forward", "init_params", "lm_head_weights"]
 
 
 def __getattr__(name):

@@ -72,7 +72,7 @@ def report_domain_losses(config, workdir: str) -> dict:
   if manifest.get("parent"):
     sources["before"] = (manifest["parent"]["source"], manifest["parent"]["kind"])
   fn = jax.jit(lambda p, b: loss_sums(p, b, model_config=model_cfg,
-                                      num_domains=len(domains))[1])
+                                      num_domains=len(domains), with_mtp=False)[1])
   out = {}
   for when, (src, kind) in sources.items():
     params = _host_params(src, kind, model_cfg)

@@ -40,6 +40,14 @@ class ModelConfig:
   z_loss: float = 0.0  # PaLM: adds z_loss * log(Z)^2 per token; keeps the softmax normaliser near 1
   qk_norm: bool = False  # OLMo 2 / Gemma 3: RMSNorm over H on q and k before RoPE (bounds attn logits)
   dropout: float = 0.0  # on the attention and MLP outputs, training only (nanoGPT's resid_dropout)
+  # Loss (maxlm/model/loss.py): sequence positions per chunk of the LM head + cross entropy.
+  # 0 = dense [B, T, V] float32 logits; > 0 = chunked (custom VJP), so only [B, chunk, V]
+  # logits exist at a time: what makes a 128k vocabulary affordable (same loss and grads).
+  loss_chunk: int = 0
+  # Multi-token prediction (DeepSeek-V3, maxlm/model/mtp.py): D extra sequential modules,
+  # module k predicting the token k + 1 further than the trunk; 0 = off (no params, no ops).
+  mtp_depth: int = 0
+  mtp_weight: float = 0.3  # objective += mtp_weight * mean over modules of their CE (DeepSeek-V3: 0.3, then 0.1)
 
   def __post_init__(self):
     # Frozen dataclass: convert a mutable dict once so the config is hashable
@@ -72,6 +80,12 @@ class ModelConfig:
       raise ValueError(f"model.attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+    if self.loss_chunk < 0:
+      raise ValueError(f"model.loss_chunk={self.loss_chunk} must be >= 0 (0 = dense logits)")
+    if self.mtp_depth < 0:
+      raise ValueError(f"model.mtp_depth={self.mtp_depth} must be >= 0 (0 = no multi-token prediction)")
+    if self.mtp_weight < 0:
+      raise ValueError(f"model.mtp_weight={self.mtp_weight} must be >= 0")
     if self.z_loss < 0:
       raise ValueError(f"model.z_loss={self.z_loss} must be >= 0")
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff"):
@@ -86,4 +100,7 @@ class ModelConfig:
     per_layer = attn + mlp + 2 * D + (2 * self.head_dim if self.qk_norm else 0)
     embed = V * D * (1 if self.tie_embeddings else 2)
     non_embed = L * per_layer + D
-    return dict(total=non_embed + embed, embedding=embed, non_embedding=non_embed)
+    # Multi-token prediction: per depth two input norms, the [2D, D] projection, one
+    # block and a final norm (embedding and head shared). Not in Kaplan's N: the trunk's.
+    mtp = self.mtp_depth * (per_layer + 2 * D * D + 3 * D)
+    return dict(total=non_embed + embed + mtp, embedding=embed, non_embedding=non_embed, mtp=mtp)

@@ -13,5 +13,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
   # The input embedding is a gather, not a matmul; the LM head is a matmul
   # (tied or not), so count V*D once.
   matmul_params = c["non_embedding"] + cfg.vocab_size * cfg.d_model
-  attention = 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
+  # Each multi-token-prediction depth adds a block, its projection and one more LM head.
+  matmul_params += c.get("mtp", 0) + cfg.mtp_depth * cfg.vocab_size * cfg.d_model
+  attention = 12 * (cfg.n_layers + cfg.mtp_depth) * cfg.n_heads * cfg.head_dim * seq_len
   return 6.0 * matmul_params + attention

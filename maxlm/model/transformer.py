@@ -176,6 +176,28 @@ def _remat_policy(name: str):
   }[name]
 
 
+class MTPModule(nn.Module):
+  """One multi-token-prediction depth (maxlm/model/mtp.py): two norms, the [2D, D] projection, one block, the head's norm."""
+  cfg: ModelConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, h_btd, emb_btd, segment_ids_bt, positions_bt):
+    """Returns (h^k [B, T, D] for the next depth, final-normed hidden for the head)."""
+    cfg, dt = self.cfg, jnp.dtype(self.cfg.compute_dtype)
+    D = cfg.d_model
+    e_btd = RMSNorm(cfg.norm_eps, dt, name="embed_norm")(emb_btd)
+    h_btd = RMSNorm(cfg.norm_eps, dt, name="hidden_norm")(h_btd)
+    w_proj_ed = self.param("w_proj_ed", _init(cfg, ("embed", None)), (2 * D, D))
+    eh_bte = jnp.concatenate([e_btd, h_btd], axis=-1)  # [B, T, 2D], embedding first as DeepSeek
+    x_btd = jnp.einsum("bte,ed->btd", eh_bte, w_proj_ed.astype(dt))
+    block_cls = Block
+    if cfg.remat != "none":
+      block_cls = nn.remat(block_cls, policy=_remat_policy(cfg.remat))
+    x_btd = block_cls(cfg, self.deterministic, name="block")(x_btd, segment_ids_bt, positions_bt)
+    return x_btd, RMSNorm(cfg.norm_eps, dt, name="final_norm")(x_btd)
+
+
 class Transformer(nn.Module):
   """Embedding -> L pre-norm blocks -> final RMSNorm -> LM head. Returns float32 logits.
 
@@ -189,7 +211,11 @@ class Transformer(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, tokens_bt, segment_ids_bt, positions_bt, cache=None, fresh=False):
+  def __call__(self, tokens_bt, segment_ids_bt, positions_bt, cache=None, fresh=False,
+               output: str = "logits"):
+    """`output`: one of OUTPUTS ("hidden": the final-normed hidden [B, T, D] for a
+    loss that applies the LM head itself; "both": (residual stream before the final
+    norm, final-normed hidden), what multi-token prediction starts from)."""
     cfg, dt = self.cfg, jnp.dtype(self.cfg.compute_dtype)
     V, D = cfg.vocab_size, cfg.d_model
     emb_vd = self.param("embedding_vd", _init(cfg, ("vocab", "embed")), (V, D))
@@ -218,7 +244,12 @@ class Transformer(nn.Module):
       for i in range(cfg.n_layers):
         x_btd, _ = block_cls(cfg, self.deterministic, name=f"layer_{i}")(
             x_btd, segment_ids_bt, positions_bt)
-    return self._head(x_btd, emb_vd)
+    if output == "logits":
+      return self._head(x_btd, emb_vd)
+    if not cfg.tie_embeddings:  # created even when unused, so every output has one params tree
+      self._head_weights()
+    hidden_btd = RMSNorm(cfg.norm_eps, dt, name="final_norm")(x_btd)
+    return hidden_btd if output == "hidden" else (x_btd, hidden_btd)
 
   def _cached_layers(self, x_btd, segment_ids_bt, positions_bt, cache, fresh):
     """The L blocks with a KV cache (no remat: decoding takes no gradients)."""
@@ -244,14 +275,14 @@ class Transformer(nn.Module):
     T = segment_ids_bt.shape[1]
     return x_btd, decode_lib.Cache(k_lbskh, v_lbskh, kv_seg_bs, cache.index + T)
 
+  def _head_weights(self):
+    cfg = self.cfg
+    return self.param("lm_head_dv", _init(cfg, ("embed", "vocab")), (cfg.d_model, cfg.vocab_size))
+
   def _head(self, x_btd, emb_vd):
     cfg, dt = self.cfg, jnp.dtype(self.cfg.compute_dtype)
-    V, D = cfg.vocab_size, cfg.d_model
     x_btd = RMSNorm(cfg.norm_eps, dt, name="final_norm")(x_btd)
-    if cfg.tie_embeddings:
-      w_dv = emb_vd.T
-    else:
-      w_dv = self.param("lm_head_dv", _init(cfg, ("embed", "vocab")), (D, V))
+    w_dv = emb_vd.T if cfg.tie_embeddings else self._head_weights()
     logits_btv = jnp.einsum("btd,dv->btv", x_btd, w_dv.astype(dt),
                             preferred_element_type=jnp.float32)
     return nn.with_logical_constraint(logits_btv, ("batch", "length", "vocab"))
@@ -278,34 +309,73 @@ def init_params(model_config, rng, *, boxed: bool = False):
   tokens_bt = jnp.zeros((1, 1), jnp.int32)
   seg, pos = default_segments_and_positions(tokens_bt)
   params = _module(cfg).init(rng, tokens_bt, seg, pos)["params"]
+  if cfg.mtp_depth:  # an rng of their own: the trunk's params do not depend on mtp_depth
+    params = {**params, "mtp": _init_mtp(cfg, rng)}
   return params if boxed else nn.meta.unbox(params)
 
 
+# Folded into the init rng so the MTP modules never reuse the trunk's draws.
+_MTP_INIT_SALT = 0x4D5450  # "MTP"
+
+
+def _init_mtp(cfg: ModelConfig, rng):
+  """{"depth_<k>": MTPModule params} for k = 1..mtp_depth (boxed)."""
+  h_btd = jnp.zeros((1, 1, cfg.d_model), jnp.float32)
+  seg, pos = default_segments_and_positions(jnp.zeros((1, 1), jnp.int32))
+  base = jax.random.fold_in(rng, _MTP_INIT_SALT)
+  return {f"depth_{k}": MTPModule(cfg).init(jax.random.fold_in(base, k), h_btd, h_btd, seg,
+                                            pos)["params"]
+          for k in range(1, cfg.mtp_depth + 1)}
+
+
+OUTPUTS = ("logits", "hidden", "both")
+
+
 def forward(model_config, params, tokens, segment_ids=None, positions=None, *,
-            dropout_rng=None):
+            dropout_rng=None, return_hidden: bool = False):
   """The public forward pass: float32 logits [B, T, V].
 
   `segment_ids` [B, T] (int, 0 = padding) keep packed documents apart;
   `positions` [B, T] are per-document positions used by RoPE. Jitted (the
   config is static); inside another jit it simply inlines. Deterministic
   unless `dropout_rng` is given and cfg.dropout > 0 (the training step).
+  `return_hidden=True` returns the final-normed hidden [B, T, D] (compute
+  dtype) instead, for losses that apply `lm_head_weights` in chunks
+  (maxlm.model.loss) so the [B, T, V] logits never exist.
   """
+  return forward_outputs(model_config, params, tokens, segment_ids, positions,
+                         dropout_rng=dropout_rng, output="hidden" if return_hidden else "logits")
+
+
+def forward_outputs(model_config, params, tokens, segment_ids=None, positions=None, *,
+                    dropout_rng=None, output: str = "logits"):
+  """forward with a choice of OUTPUTS ("both": (residual [B, T, D], final-normed hidden))."""
   cfg = ModelConfig.from_any(model_config)
+  if output not in OUTPUTS:
+    raise ValueError(f"output={output!r} is not one of {OUTPUTS}")
   seg, pos = default_segments_and_positions(jnp.asarray(tokens), segment_ids, positions)
   if dropout_rng is None or cfg.dropout == 0.0:
-    return _forward(cfg, params, tokens, seg, pos)
-  return _forward_train(cfg, params, tokens, seg, pos, dropout_rng)
+    return _forward(cfg, params, tokens, seg, pos, output)
+  return _forward_train(cfg, params, tokens, seg, pos, dropout_rng, output)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(cfg: ModelConfig, params, tokens_bt, segment_ids_bt, positions_bt):
-  return _module(cfg).apply({"params": params}, tokens_bt, segment_ids_bt, positions_bt)
+def lm_head_weights(model_config, params):
+  """The LM head w_dv [D, V] (float32 params): the embedding's transpose when tied."""
+  cfg = ModelConfig.from_any(model_config)
+  return params["embedding_vd"].T if cfg.tie_embeddings else params["lm_head_dv"]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward_train(cfg: ModelConfig, params, tokens_bt, segment_ids_bt, positions_bt, rng):
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _forward(cfg: ModelConfig, params, tokens_bt, segment_ids_bt, positions_bt, output="logits"):
+  return _module(cfg).apply({"params": params}, tokens_bt, segment_ids_bt, positions_bt,
+                            output=output)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _forward_train(cfg: ModelConfig, params, tokens_bt, segment_ids_bt, positions_bt, rng,
+                   output="logits"):
   return _module(cfg, False).apply({"params": params}, tokens_bt, segment_ids_bt, positions_bt,
-                                   rngs={"dropout": rng})
+                                   output=output, rngs={"dropout": rng})
 
 
 def forward_with_cache(model_config, params, tokens_bt, segment_ids_bt, positions_bt, cache,

@@ -202,7 +202,7 @@ def _train(config, workdir: str, run_guard) -> dict:
                     enabled=is_main)
   # Held-out evaluation is always plain cross entropy (comparable across stages and losses).
   heldout = evaluators.heldout_evaluator(
-      loss_fn=next_token_loss(model_cfg, len(domains)), eval_batches=eval_batches,
+      loss_fn=next_token_loss(model_cfg, len(domains), with_mtp=False), eval_batches=eval_batches,
       eval_bytes=eval_bytes, shardings=shardings, batch_sh=batch_sh, rules=rules)
   hooks = [evaluators.heldout_hook(heldout, every=t_cfg.eval_every, console=console)]
   probes = evaluators.probe_hook(config.get("eval"), model_config=model_cfg,

@@ -28,10 +28,8 @@ accepted as a deprecated alias by the composition root and by `loss_sums`).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
-import optax
 
-from maxlm.model import ModelConfig, forward
+from maxlm.model import ModelConfig, objective
 
 
 def domain_sums(per_token_bt, mask_bt, domain_ids_bt, num_domains: int):
@@ -42,44 +40,31 @@ def domain_sums(per_token_bt, mask_bt, domain_ids_bt, num_domains: int):
 
 
 def loss_sums(params, batch, *, model_config: ModelConfig, num_domains: int, z_loss=None,
-              dropout_rng=None):
+              dropout_rng=None, with_mtp: bool = True):
   """(objective sum over masked tokens, aux sums) of the next-token loss for one (micro)batch.
 
-  The objective is the cross entropy plus z_loss * log(Z)^2 per token when
-  z_loss > 0 (None: the deprecated `model_config.z_loss`); aux["nll_sum"] is
-  the cross entropy alone. `dropout_rng` turns dropout on.
+  The model side (maxlm/model/objective.py) computes it: the trunk's cross
+  entropy through the LM head (in chunks of model.loss_chunk tokens when > 0,
+  so [B, T, V] logits never exist), plus z_loss * log(Z)^2 per token when
+  z_loss > 0 (None: the deprecated `model_config.z_loss`), plus the
+  multi-token-prediction term when model.mtp_depth > 0 and `with_mtp`.
+  aux["nll_sum"] is the trunk's cross entropy alone. `dropout_rng` turns dropout on.
   """
   cfg = ModelConfig.from_any(model_config)
   z = cfg.z_loss if z_loss is None else float(z_loss)
-  logits_btv = forward(cfg, params, batch["inputs"], batch["segment_ids"], batch["positions"],
-                       dropout_rng=dropout_rng)
-  nll_bt = optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch["targets"])
-  mask_bt = batch["loss_mask"].astype(jnp.float32)
-  nll_bt = nll_bt * mask_bt
-  # Per-domain ("channel") sums: one segment_sum per step, negligible next to the model.
-  d_loss, d_count = domain_sums(nll_bt, mask_bt, batch["domain_ids"], num_domains)
-  aux = dict(
-      count=mask_bt.sum(),
-      nll_sum=nll_bt.sum(),
-      domain_loss_sum=d_loss,
-      domain_count=d_count,
-      # Largest |logit| over scored tokens: the quantity z-loss and logit soft-capping keep
-      # in check. A max, not a sum: microbatches combine it with jnp.maximum.
-      max_abs_logit=jnp.max(jax.lax.stop_gradient(jnp.abs(logits_btv)).max(-1) * mask_bt),
-  )
-  total = aux["nll_sum"]
-  if z > 0:
-    log_z_bt = jax.nn.logsumexp(logits_btv, axis=-1)  # [B, T]
-    aux["z_loss_sum"] = (z * jnp.square(log_z_bt) * mask_bt).sum()
-    total = total + aux["z_loss_sum"]
-  return total, aux
+  return objective.next_token_sums(params, batch, model_config=cfg, num_domains=num_domains,
+                                   z_loss=z, dropout_rng=dropout_rng, with_mtp=with_mtp)
 
 
-def next_token_loss(model_config: ModelConfig, num_domains: int, *, z_loss=None):
-  """The default `loss_fn(params, batch, rng)`: next-token cross entropy (+ z-loss)."""
+def next_token_loss(model_config: ModelConfig, num_domains: int, *, z_loss=None,
+                    with_mtp: bool = True):
+  """The default `loss_fn(params, batch, rng)`: next-token cross entropy (+ z-loss, + MTP).
+
+  Held-out evaluation passes with_mtp=False: it scores the trunk alone.
+  """
   cfg = ModelConfig.from_any(model_config)
 
   def loss_fn(params, batch, rng):
     return loss_sums(params, batch, model_config=cfg, num_domains=num_domains, z_loss=z_loss,
-                     dropout_rng=rng)
+                     dropout_rng=rng, with_mtp=with_mtp)
   return loss_fn

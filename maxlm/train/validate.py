@@ -202,6 +202,12 @@ def validate_config(config, n_devices: int) -> tuple[int, int, int]:
     raise ConfigError(f"data.seq_len={config.data.seq_len} is not divisible by 2 x {cp}, the"
                       f" context-parallel size (mesh.context): the load-balanced layout needs"
                       f" 2*context equal chunks")
+  if cp > 1 and model.mtp_depth > 0:
+    # MTP shifts targets along T; under context parallelism T arrives in the zigzag layout,
+    # so a shift would pair tokens from different chunks. Refuse rather than train on garbage.
+    raise ConfigError(f"model.mtp_depth={model.mtp_depth} with mesh.context={cp}: multi-token"
+                      f" prediction is not supported with context parallelism yet; set one of"
+                      f" them off")
 
   s = config.optim.schedule
   if s.name not in SCHEDULES:
