@@ -37,13 +37,18 @@ from maxlm.data import tokenizer as tokenizer_lib
 
 @dataclasses.dataclass(frozen=True)
 class SourcePlan:
-  """One source's documents after the held-out split, with global doc ids."""
+  """One source's documents after the held-out split, with global doc ids.
+
+  `train` / `heldout` are lazy sequences (sources.TextIdSequence): [i] reads one
+  (text, doc_id) from the source's files, `.doc_ids` holds the ids without
+  reading any text, so a plan costs ~50 bytes per document, not its text.
+  """
   name: str
   domain_id: int
   weight: float
   config: dict  # the source's entry from config.iter_sources
-  train: list  # [(text, doc_id)] in curriculum order (or file order)
-  heldout: list  # [(text, doc_id)]
+  train: sources_lib.TextIdSequence  # [(text, doc_id)] in curriculum order (or file order)
+  heldout: sources_lib.TextIdSequence  # [(text, doc_id)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +67,8 @@ class Tokenize(grain.transforms.Map):
 
 
 def plan_sources(data_config) -> list[SourcePlan]:
-  """Loads every source and splits it; doc ids are global and stable."""
+  """Indexes every source (one streaming pass, no text kept) and splits it; doc ids
+  are global and stable."""
   config_lib.validate(data_config)
   domains = config_lib.domain_names(data_config)
   budget = data_config.get("error_budget", -1)
@@ -74,15 +80,14 @@ def plan_sources(data_config) -> list[SourcePlan]:
       raise sources_lib.DataErrorBudgetExceeded(
           f"data error budget exceeded: {bad} bad inputs over all sources > "
           f"data.error_budget={budget}; see data.error_report(config)")
-    if not docs:
+    if not len(docs):
       raise ValueError(f"data.sources.{s['name']}: no documents")
-    ids = {d.key: offset + i for i, d in enumerate(docs)}
-    offset += len(docs)
     train, held = sources_lib.split_heldout(docs, data_config.heldout_fraction)
-    train = ordering.order_documents(train, s.get("order_by", ""), s.get("order_desc", False))
+    train = train.ordered(s.get("order_by", ""), s.get("order_desc", False))
+    # A document's id is its position in the source's file order, after earlier sources'.
     plans.append(SourcePlan(s["name"], domains.index(s["domain"]), s["weight"], s,
-                            [(d.text, ids[d.key]) for d in train],
-                            [(d.text, ids[d.key]) for d in held]))
+                            train.with_ids(offset), held.with_ids(offset)))
+    offset += len(docs)
   return plans
 
 
@@ -145,7 +150,7 @@ def streams(data_config, *, tokenizer_path: str, split: str = "train") -> list[S
                         prepare.DecodeRecord(manifest["dtype"], dom, c.add_bos, c.add_eos)))
     return out
   return [Stream(p.name, p.domain_id, p.weight, p.config, getattr(p, split),
-                 [d for _, d in getattr(p, split)],
+                 getattr(p, split).doc_ids,
                  Tokenize(tokenizer_path, p.domain_id, c.add_bos, c.add_eos))
           for p in plan_sources(c)]
 
@@ -242,7 +247,7 @@ def make_eval_batches(data_config, *, tokenizer_path: str, seq_len: int,
   held = streams(c, tokenizer_path=tokenizer_path, split="heldout")
   for dom_id, dom in enumerate(domains):
     parts = [grain.MapDataset.source(list(range(len(st.doc_ids)))).map(Gather(st.items))
-             .map(st.to_example) for st in held if st.domain_id == dom_id and st.doc_ids]
+             .map(st.to_example) for st in held if st.domain_id == dom_id and len(st.doc_ids)]
     if not parts:
       continue
     ds = grain.MapDataset.concatenate(parts) if len(parts) > 1 else parts[0]
