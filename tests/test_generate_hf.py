@@ -11,8 +11,10 @@ import string
 import numpy as np
 import pytest
 
-import torch  # noqa: E402  (test requirement: requirements-test.txt)
+import torch  # noqa: E402  (the `reference` extra, requirements-reference.txt)
 import transformers  # noqa: E402
+
+pytestmark = pytest.mark.torch  # not run on the Python 3.12 CI stack (.ci/run)
 from tokenizers import Tokenizer, decoders, models  # noqa: E402
 
 from maxlm.generate import generate_ids, load_model  # noqa: E402

@@ -25,7 +25,7 @@ worked commercially until 1957, when its shaft broke.</p></article>
 
 
 def test_trafilatura_extracts_the_main_text_of_html():
-  from maxlm.curate.read import extract_html  # the function curation calls
+  from maxlm.data.readers import extract_html  # the function curation and training call
   text = extract_html(ARTICLE)
   assert "stores sea water behind a dam" in text
   assert "present building dates from 1793" in text

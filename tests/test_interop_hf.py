@@ -16,8 +16,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-import torch  # noqa: E402  (test requirement: requirements-test.txt)
+import torch  # noqa: E402  (the `reference` extra, requirements-reference.txt)
 import transformers  # noqa: E402
+
+pytestmark = pytest.mark.torch  # not run on the Python 3.12 CI stack (.ci/run)
 
 import maxlm  # noqa: E402
 from maxlm import ModelConfig  # noqa: E402

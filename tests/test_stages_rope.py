@@ -8,9 +8,11 @@ same logits (sequences longer than the original context, so scaling matters).
 import numpy as np
 import pytest
 
-import torch  # noqa: E402  (test requirement: requirements-test.txt)
+import torch  # noqa: E402  (the `reference` extra, requirements-reference.txt)
 import transformers  # noqa: E402
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
+
+pytestmark = pytest.mark.torch  # not run on the Python 3.12 CI stack (.ci/run)
 
 import maxlm  # noqa: E402
 from maxlm.interop import import_checkpoint  # noqa: E402
