@@ -16,9 +16,10 @@ from __future__ import annotations
 import logging
 import os
 
-import grain
 import jax
 import orbax.checkpoint as ocp
+
+from maxlm.data import state as data_state  # iterator state restorable on any host count
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class Checkpointer:
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True),
         item_names=("state", "data"),
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler()},
+                       "data": data_state.CheckpointHandler()},
     )
     self._last_saved = self._mngr.latest_step()
 
@@ -49,7 +50,7 @@ class Checkpointer:
     saved = self._mngr.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                data=grain.checkpoint.CheckpointSave(data_iter)),
+                                data=data_state.CheckpointSave(data_iter)),
         force=force)
     if saved:
       self._last_saved = step
@@ -59,7 +60,7 @@ class Checkpointer:
     """Restores exactly `step` (no fallback): state, and the data iterator in place."""
     restored = self._mngr.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                      data=grain.checkpoint.CheckpointRestore(data_iter)))
+                                      data=data_state.CheckpointRestore(data_iter)))
     return restored["state"]
 
   def delete_after(self, step: int) -> None:

@@ -5,15 +5,8 @@ r"""Tokenize once: sources -> ArrayRecord token shards with a manifest.
   python -m maxlm.train --config=configs/pretrain.py:tiny --workdir=/tmp/run \
       --config.data.tokenizer.path=/tmp/tok.model --config.data.prepared_dir=/tmp/shards
 
-Layout of --out:
-  manifest.json                   tokenizer sha256, per source: domain, shards,
-                                  documents, tokens; per domain: tokens
-  <source>/train-00003.array_record   one record per document (curriculum
-  <source>/train-00003.json           order if configured), + its summary
-  <source>/heldout-00000.array_record held-out documents, same split as raw
-
-A record is <int64 doc_id><tokens as uint16 (V <= 65536) or uint32>,
-little-endian, without <s> / </s> (added when reading, per data.add_bos/eos).
+Layout of --out: see maxlm/data/shards.py (the one home of the format,
+which the training pipeline reads with).
 
 Why ArrayRecord: Grain reads it natively (ArrayRecordDataSource: random access
 by index, so global shuffle, host sharding and exact resume cost nothing), and
@@ -31,16 +24,14 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import struct
 import time
 
-import grain
-import numpy as np
-
+from maxlm.data import config as config_lib
+from maxlm.data import pipeline
+from maxlm.data import shards as shards_lib
 from maxlm.data import tokenizer as tokenizer_lib
 
 _DOCS_PER_SHARD = 256
-_HEADER = struct.Struct("<q")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +46,6 @@ class _Task:
 def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
             docs_per_shard: int = _DOCS_PER_SHARD, progress: bool = True) -> dict:
   """Writes (or completes) the shards and manifest; returns the manifest."""
-  from maxlm.data import pipeline  # pylint: disable=g-import-not-at-top  (cycle)
   sha = tokenizer_lib.tokenizer_hash(tokenizer_path)
   vocab = tokenizer_lib.load(tokenizer_path).vocab_size()
   dtype = "<u2" if vocab <= 1 << 16 else "<u4"
@@ -63,9 +53,13 @@ def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
   if os.path.exists(old) and json.load(open(old))["tokenizer_sha256"] != sha:
     raise ValueError(f"{out_dir} holds shards of another tokenizer; use a new --out")
   tasks, layout = [], {}
-  for plan in pipeline.plan_sources(data_config):
+  plans = pipeline.plan_sources(data_config)
+  _write_errors(out_dir, data_config)
+  for plan in plans:
     os.makedirs(os.path.join(out_dir, plan.name), exist_ok=True)
-    layout[plan.name] = dict(domain=plan.config["domain"], train=[], heldout=[])
+    ids = [d for _, d in plan.train] + [d for _, d in plan.heldout]
+    layout[plan.name] = dict(domain=plan.config["domain"], train=[], heldout=[],
+                             doc_id_range=[min(ids), max(ids) + 1])
     for split, docs in (("train", plan.train), ("heldout", plan.heldout)):
       for k in range(0, len(docs), docs_per_shard):
         rel = os.path.join(plan.name, f"{split}-{k // docs_per_shard:05d}")
@@ -112,16 +106,16 @@ def _write_shard(t: _Task) -> int:
   tmp = f"{t.path}.array_record.tmp{os.getpid()}"
   # group_size:1 = every record separately addressable (fast random access).
   w = arm.ArrayRecordWriter(tmp, "group_size:1")
-  ids, n_tok = [], 0
-  for (text, doc_id), toks in zip(t.docs, sp.encode([d[0] for d in t.docs])):
-    w.write(_HEADER.pack(doc_id) + np.asarray(toks, t.dtype).tobytes())
-    ids.append(doc_id)
+  n_docs, n_tok = 0, 0
+  for (_, doc_id), toks in zip(t.docs, sp.encode([d[0] for d in t.docs])):
+    w.write(shards_lib.encode_record(doc_id, toks, t.dtype))
+    n_docs += 1
     n_tok += len(toks)
   w.close()
   os.replace(tmp, t.path + ".array_record")
+  # The summary marks the shard done (written last); ids live in the records.
   with open(t.path + ".json.tmp", "w") as f:
-    json.dump(dict(tokenizer_sha256=t.tokenizer_sha, docs=len(ids), tokens=n_tok,
-                   doc_ids=ids), f)
+    json.dump(dict(tokenizer_sha256=t.tokenizer_sha, docs=n_docs, tokens=n_tok), f)
   os.replace(t.path + ".json.tmp", t.path + ".json")
   return n_tok
 
@@ -129,10 +123,15 @@ def _write_shard(t: _Task) -> int:
 def _manifest(out_dir, layout, tokenizer_path, sha, vocab, dtype) -> dict:
   sources, domains = {}, {}
   for name, lay in layout.items():
-    entry = dict(domain=lay["domain"])
+    entry = dict(domain=lay["domain"], doc_id_range=lay["doc_id_range"])
     for split in ("train", "heldout"):
-      metas = [json.load(open(os.path.join(out_dir, rel + ".json"))) for rel in lay[split]]
+      metas = []
+      for rel in lay[split]:
+        with open(os.path.join(out_dir, rel + ".json")) as f:
+          metas.append(json.load(f))
       entry[split] = dict(shards=[rel + ".array_record" for rel in lay[split]],
+                          shard_docs=[m["docs"] for m in metas],
+                          shard_tokens=[m["tokens"] for m in metas],
                           docs=sum(m["docs"] for m in metas),
                           tokens=sum(m["tokens"] for m in metas))
     sources[name] = entry
@@ -141,56 +140,25 @@ def _manifest(out_dir, layout, tokenizer_path, sha, vocab, dtype) -> dict:
               vocab_size=vocab, dtype=dtype, sources=sources, train_tokens_per_domain=domains)
 
 
-# ------------------------------------------------------------------ reading
-
-def load_manifest(prepared_dir: str, tokenizer_path: str) -> dict:
-  """The manifest, after checking it was made with this tokenizer."""
-  path = os.path.join(prepared_dir, "manifest.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"data.prepared_dir={prepared_dir!r} has no manifest.json; "
-                            "run `python -m maxlm.data.prepare` first")
-  with open(path) as f:
-    manifest = json.load(f)
-  sha = tokenizer_lib.tokenizer_hash(tokenizer_path)
-  if manifest["tokenizer_sha256"] != sha:
-    raise ValueError(
-        f"tokenizer mismatch: the shards in {prepared_dir} were made with tokenizer "
-        f"sha256 {manifest['tokenizer_sha256'][:16]}... ({manifest['tokenizer_path']}) but "
-        f"this run uses {tokenizer_path} (sha256 {sha[:16]}...). Set "
-        "data.tokenizer.path to the shards' tokenizer, or re-run prepare.")
-  return manifest
+def _write_errors(out_dir: str, data_config) -> None:
+  """Bad input met while reading the sources, kept for the training run's
+  report (training from shards never reads the raw files)."""
+  from maxlm.data import sources as sources_lib  # pylint: disable=g-import-not-at-top
+  out = {}
+  for s in config_lib.iter_sources(data_config):
+    _, errors = sources_lib.cached_documents(s, data_config.get("error_budget", -1))
+    out[s["name"]] = dict(total=errors.total, report=errors.report())
+  os.makedirs(out_dir, exist_ok=True)
+  tmp = os.path.join(out_dir, shards_lib.ERRORS + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(out, f, indent=2)
+  os.replace(tmp, os.path.join(out_dir, shards_lib.ERRORS))
 
 
-def split_source(prepared_dir: str, manifest: dict, name: str, split: str):
-  """(ArrayRecordDataSource, doc ids in record order) of one source's split."""
-  if name not in manifest["sources"]:
-    raise ValueError(f"data.prepared_dir={prepared_dir!r} has no source {name!r} "
-                     f"(it has {sorted(manifest['sources'])}); re-run prepare")
-  shards = manifest["sources"][name][split]["shards"]
-  ids = []
-  for s in shards:
-    with open(os.path.join(prepared_dir, s[:-len(".array_record")] + ".json")) as f:
-      ids += json.load(f)["doc_ids"]
-  if not shards:
-    return [], ids
-  return grain.sources.ArrayRecordDataSource([os.path.join(prepared_dir, s) for s in shards]), ids
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeRecord(grain.transforms.Map):
-  """A shard record -> example dict of packing.FEATURES."""
-  dtype: str
-  domain_id: int
-  add_bos: bool = True
-  add_eos: bool = True
-
-  def map(self, record: bytes):
-    from maxlm.data import packing  # pylint: disable=g-import-not-at-top
-    (doc_id,) = _HEADER.unpack_from(record)
-    toks = np.frombuffer(record, self.dtype, offset=_HEADER.size).astype(np.int32)
-    parts = ([[tokenizer_lib.BOS_ID]] if self.add_bos else []) + [toks] + (
-        [[tokenizer_lib.EOS_ID]] if self.add_eos else [])
-    return packing.to_example(np.concatenate(parts).astype(np.int32), self.domain_id, doc_id)
+# Kept importable from here (older callers): the reader lives in shards.py.
+load_manifest = shards_lib.load_manifest
+split_source = shards_lib.split_source
+DecodeRecord = shards_lib.DecodeRecord
 
 
 def main(argv):
