@@ -113,3 +113,49 @@ def test_cli_with_parallel_workers(prepared, tmp_path):
   for name in ("shakespeare", "stdlib"):
     assert got["sources"][name]["train"]["tokens"] == manifest["sources"][name]["train"]["tokens"]
   assert "manifest:" in res.stdout
+
+
+def _jsonl_corpus(path, n_docs, seed=0, words=60):
+  """n_docs JSONL documents of pseudo-English (words from a fixed list)."""
+  rng = np.random.default_rng(seed)
+  vocab = ("the of and to in is was that for it with as his on be at by had not are but from "
+           "or have an they which one you were her all she there would their we him been has "
+           "when who will more no if out so said what up its about into than them can only").split()
+  with open(path, "w") as f:
+    for i in range(n_docs):
+      text = " ".join(rng.choice(vocab, size=int(rng.integers(words // 2, 2 * words))))
+      f.write(json.dumps({"text": text, "id": i}) + "\n")
+
+
+@pytest.mark.slow
+def test_training_from_shards_needs_no_raw_files(tmp_path, prepared):
+  from conftest import tiny_test_config
+  from maxlm.data import config as config_lib
+  from maxlm.train.driver import train
+  tok = prepared[0]
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  _jsonl_corpus(raw / "a.jsonl", 300)
+  with open(raw / "a.jsonl", "a") as f:
+    f.write("{not json\n")  # one bad line: its report must survive the raw files
+  cfg = tiny_test_config(**{"data.tokenizer.path": tok, "train.steps": 3,
+                            "ckpt.export_params": True})
+  with cfg.unlocked():
+    cfg.data.sources = {"web": config_lib.source(kind="jsonl", domain="web",
+                                                  paths=(str(raw / "*.jsonl"),))}
+    cfg.data.schedule = ()
+  shards = str(tmp_path / "shards")
+  prepare_lib.prepare(cfg.data, tok, shards, docs_per_shard=64, progress=False)
+  for p in raw.iterdir():
+    p.unlink()
+  raw.rmdir()
+  from maxlm.data import sources as sources_lib
+  sources_lib._cached.cache_clear()  # this process read them during prepare
+  with cfg.unlocked():
+    cfg.data.prepared_dir = shards
+  summary = train(cfg, str(tmp_path / "run"))
+  assert summary["step"] == 3 and not summary["preempted"]
+  assert (tmp_path / "run" / "done.json").exists()
+  assert (tmp_path / "run" / "params").is_dir()
+  errors = (tmp_path / "run" / "data_errors.txt").read_text()
+  assert "1 bad inputs" in errors and "malformed_jsonl" in errors
