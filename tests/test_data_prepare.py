@@ -159,3 +159,48 @@ def test_training_from_shards_needs_no_raw_files(tmp_path, prepared):
   assert (tmp_path / "run" / "params").is_dir()
   errors = (tmp_path / "run" / "data_errors.txt").read_text()
   assert "1 bad inputs" in errors and "malformed_jsonl" in errors
+
+
+def test_killed_prepare_rerun_gives_identical_shards_and_manifest(prepared, tmp_path):
+  tok, ref, _ = prepared
+  out = tmp_path / "shards"
+  prepare_lib.prepare(small_config(), tok, str(out), docs_per_shard=8, progress=False)
+  # Every state a kill can leave: a shard renamed without its summary, a
+  # half-written temporary file, shards not started, and no manifest yet.
+  (out / "stdlib" / "train-00001.json").unlink()
+  with open(out / "stdlib" / "train-00001.array_record", "r+b") as f:
+    f.truncate(100)
+  (out / "shakespeare" / "train-00002.json").unlink()
+  (out / "shakespeare" / "train-00002.array_record").rename(
+      out / "shakespeare" / "train-00002.array_record.tmp123")
+  for f in ("heldout-00000.json", "heldout-00000.array_record"):
+    (out / "shakespeare" / f).unlink()
+  (out / "manifest.json").unlink()
+  m = prepare_lib.prepare(small_config(), tok, str(out), docs_per_shard=8, progress=False)
+  assert m["last_run"]["shards_written"] == 3
+  want = json.load(open(os.path.join(ref, "manifest.json")))
+  got = json.load(open(out / "manifest.json"))
+  for d in (want, got):
+    d.pop("last_run")
+    d.pop("tokenizer_path")
+  assert got == want
+  for s in want["sources"].values():
+    for split in ("train", "heldout"):
+      for shard in s[split]["shards"]:
+        assert (out / shard).read_bytes() == open(os.path.join(ref, shard), "rb").read(), shard
+  assert not [f for d in ("stdlib", "shakespeare") for f in os.listdir(out / d) if ".tmp" in f]
+
+
+def test_shards_are_cut_by_a_token_target(prepared, tmp_path):
+  tok, _, _ = prepared
+  m = prepare_lib.prepare(small_config(), tok, str(tmp_path / "s"), shard_tokens=20_000,
+                          progress=False)
+  for name, s in m["sources"].items():
+    toks = s["train"]["shard_tokens"]
+    assert len(toks) >= 2 and sum(toks) == s["train"]["tokens"], name
+    # Documents per shard come from a sample, so shards average to the target
+    # (here 2-8 documents each: a single one varies with document lengths).
+    assert 10_000 <= np.mean(toks[:-1]) <= 40_000, (name, toks)
+  with open(tmp_path / "s" / "prepare_plan.json") as f:
+    assert json.load(f)["docs_per_shard"] == {
+        n: s["train"]["shard_docs"][0] for n, s in m["sources"].items()}

@@ -107,6 +107,10 @@ def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
                            dict(plan.config), base, offset, split, a, min(n, a + per)))
     offset += len(ids)
   todo = [t for t in tasks if not _done(t)]
+  for name in layout:  # half-written files of a killed run; their shards are redone
+    for f in os.listdir(os.path.join(out_dir, name)):
+      if ".tmp" in f:
+        os.remove(os.path.join(out_dir, name, f))
   t0 = time.time()
   bar = None
   if progress:
