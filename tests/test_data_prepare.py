@@ -100,18 +100,27 @@ def test_prepare_resumes_without_redoing_finished_shards(prepared, tmp_path):
   assert before == after
 
 
-def test_cli_with_parallel_workers(prepared, tmp_path):
-  tok, _, manifest = prepared
+def test_cli_on_beam_writes_the_same_shards(prepared, tmp_path):
+  tok, ref, _ = prepared
   out = tmp_path / "cli"
   cmd = [sys.executable, "-m", "maxlm.data.prepare", "--config=configs/data_mixture.py",
-         f"--tokenizer={tok}", f"--out={out}", "--workers=2",
+         f"--tokenizer={tok}", f"--out={out}", "--workers=2", "--docs_per_shard=8",
          "--config.sources.shakespeare.max_docs=25", "--config.sources.stdlib.max_docs=25",
-         "--config.heldout_fraction=0.1"]
-  res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert res.returncode == 0, res.stderr
+         "--config.heldout_fraction=0.1",
+         "--direct_num_workers=2"]  # a Beam pipeline flag, passed through
+  res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr[-3000:]
   got = json.load(open(out / "manifest.json"))
+  want = json.load(open(os.path.join(ref, "manifest.json")))
   for name in ("shakespeare", "stdlib"):
-    assert got["sources"][name]["train"]["tokens"] == manifest["sources"][name]["train"]["tokens"]
+    assert got["sources"][name] == want["sources"][name]
+    for split in ("train", "heldout"):
+      for shard in want["sources"][name][split]["shards"]:
+        assert (out / shard).read_bytes() == open(os.path.join(ref, shard), "rb").read(), shard
+  # The bar and the summary count the same shards.
+  n = sum(len(s[k]["shards"]) for s in got["sources"].values() for k in ("train", "heldout"))
+  assert f"{n} shards ({n} written now)" in res.stdout
+  assert f"{n}/{n}" in res.stderr
   assert "manifest:" in res.stdout
 
 

@@ -151,13 +151,23 @@ def streams(data_config, *, tokenizer_path: str, split: str = "train") -> list[S
                         shards_lib.doc_id_range(manifest, s["name"]),
                         shards_lib.DecodeRecord(manifest["dtype"], dom, bos, eos)))
     return out
-  out = []
-  for p in plan_sources(c):
-    ids = [d for _, d in p.train] + [d for _, d in p.heldout]
-    items = getattr(p, split)
-    out.append(Stream(p.name, p.domain_id, p.weight, p.config, items, len(items),
-                      (min(ids), max(ids) + 1), Tokenize(tokenizer_path, p.domain_id, bos, eos)))
-  return out
+  return [Stream(p.name, p.domain_id, p.weight, p.config, getattr(p, split),
+                 len(getattr(p, split)), id_range(p),
+                 Tokenize(tokenizer_path, p.domain_id, bos, eos))
+          for p in plan_sources(c)]
+
+
+def id_range(plan: SourcePlan) -> tuple[int, int]:
+  """[lo, hi) of a planned source's doc ids (train and held out), read from
+  the ids alone where the plan keeps them apart from the texts."""
+  lo, hi = None, None
+  for split in (plan.train, plan.heldout):
+    ids = getattr(split, "doc_ids", None)
+    ids = np.asarray(ids if ids is not None else [d for _, d in split], np.int64)
+    if len(ids):
+      lo = int(ids.min()) if lo is None else min(lo, int(ids.min()))
+      hi = int(ids.max()) + 1 if hi is None else max(hi, int(ids.max()) + 1)
+  return lo, hi
 
 
 def source_rows(st: Stream, data_config, *, seq_len: int, seed: int) -> grain.IterDataset:

@@ -66,7 +66,7 @@ class _Task:
   dtype: str
   source: dict  # the source's config entry (for re-planning on a worker)
   data_config: dict  # fields plan_sources reads besides the sources
-  offset: int  # the source's first global doc id
+  offset: int  # the source's first global doc id (a worker plans it alone, from 0)
   split: str
   start: int
   stop: int
@@ -90,13 +90,13 @@ def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
   plans = pipeline.plan_sources(data_config)
   _write_errors(out_dir, data_config)
   cut = _shard_plan(out_dir, plans, tokenizer_path, sha, docs_per_shard, shard_tokens)
-  tasks, layout, offset = [], {}, 0
+  tasks, layout = [], {}
   base = _plan_fields(data_config)
   for plan in plans:
     os.makedirs(os.path.join(out_dir, plan.name), exist_ok=True)
-    ids = _ids(plan.train) + _ids(plan.heldout)
+    lo, hi = pipeline.id_range(plan)
     layout[plan.name] = dict(domain=plan.config["domain"], train=[], heldout=[],
-                             doc_id_range=[min(ids), max(ids) + 1])
+                             doc_id_range=[lo, hi])
     per = cut[plan.name]
     for split in ("train", "heldout"):
       n = len(getattr(plan, split))
@@ -104,8 +104,7 @@ def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
         rel = os.path.join(plan.name, f"{split}-{k:05d}")
         layout[plan.name][split].append(rel)
         tasks.append(_Task(os.path.join(out_dir, rel), tokenizer_path, sha, dtype,
-                           dict(plan.config), base, offset, split, a, min(n, a + per)))
-    offset += len(ids)
+                           dict(plan.config), base, lo, split, a, min(n, a + per)))
   todo = [t for t in tasks if not _done(t)]
   for name in layout:  # half-written files of a killed run; their shards are redone
     for f in os.listdir(os.path.join(out_dir, name)):
@@ -135,13 +134,6 @@ def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
     json.dump(manifest, f, indent=2)
   os.replace(tmp, old)
   return manifest
-
-
-def _ids(seq) -> list[int]:
-  """Global doc ids of a plan split (lazy sequences carry them apart)."""
-  if hasattr(seq, "doc_ids"):
-    return [int(d) for d in seq.doc_ids]
-  return [d for _, d in seq]
 
 
 def _plan_fields(data_config) -> dict:
