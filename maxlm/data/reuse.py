@@ -82,7 +82,7 @@ class _HostBatchesIterator(grain.DatasetIterator):
 
   def save_counts(self, directory: str) -> None:
     tmp = os.path.join(directory, COUNTS_FILE + ".tmp.npz")
-    np.savez(tmp, **{name: c for (name, _, _), c in zip(self._ranges, self._counts)})
+    np.savez_compressed(tmp, **{name: c for (name, _, _), c in zip(self._ranges, self._counts)})
     os.replace(tmp, os.path.join(directory, COUNTS_FILE))
 
   def load_counts(self, directory: str) -> None:
