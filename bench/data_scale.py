@@ -187,23 +187,21 @@ def measure(n_docs: int, root: str, tok: str, steps: int, workers: int) -> dict:
   res, _, _ = run_measured([sys.executable, "-c", _STARTUP.format(
       root=ROOT, cfgdir=d, shards=shards, tok=tok)], env)
   startup = _last_json(res.stdout)
-  workdir = os.path.join(d, "run")
-  t0 = time.time()
-  res, train_s, train_tree_rss = run_measured([sys.executable, "-c", _TRAIN.format(
-      root=ROOT, cfgdir=d, shards=shards, tok=tok, steps=steps, workdir=workdir)], env)
-  train = _last_json(res.stdout)
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    first = json.loads(f.readline())
-  state_dir = os.path.join(workdir, "checkpoints", str(steps), "data")
-  state = {f: os.path.getsize(os.path.join(state_dir, f)) for f in os.listdir(state_dir)}
-  del t0
-  return dict(docs=n_docs, corpus_mb=corpus_bytes / 2**20, tokens=tokens, shards=n_shards,
-              prepare_s=prep_s, prepare_tok_s_core=tokens / prep_s / max(1, workers),
-              prepare_rss_mb=prep_rss, startup_s=startup["startup_s"],
-              startup_rss_mb=startup["rss_mb"], train_s=train_s, train_rss_mb=train["rss_mb"],
-              train_first_step_wall_s=first.get("wall_s"),
-              state_json_bytes=sum(v for k, v in state.items() if k.endswith(".json")),
-              state_counts_bytes=sum(v for k, v in state.items() if k.endswith(".npz")))
+  out = dict(docs=n_docs, corpus_mb=corpus_bytes / 2**20, tokens=tokens, shards=n_shards,
+             prepare_s=prep_s, prepare_tok_s_core=tokens / prep_s / max(1, workers),
+             prepare_rss_mb=prep_rss, startup_s=startup["startup_s"],
+             startup_rss_mb=startup["rss_mb"], train_s=None, train_rss_mb=None,
+             state_json_bytes=None, state_counts_bytes=None)
+  if steps:
+    workdir = os.path.join(d, "run")
+    res, out["train_s"], _ = run_measured([sys.executable, "-c", _TRAIN.format(
+        root=ROOT, cfgdir=d, shards=shards, tok=tok, steps=steps, workdir=workdir)], env)
+    out["train_rss_mb"] = _last_json(res.stdout)["rss_mb"]
+    state_dir = os.path.join(workdir, "checkpoints", str(steps), "data")
+    state = {f: os.path.getsize(os.path.join(state_dir, f)) for f in os.listdir(state_dir)}
+    out["state_json_bytes"] = sum(v for k, v in state.items() if k.endswith(".json"))
+    out["state_counts_bytes"] = sum(v for k, v in state.items() if k.endswith(".npz"))
+  return out
 
 
 def main():
@@ -229,7 +227,8 @@ def main():
   print(json.dumps(rows))
   if len(rows) > 1:
     for k in ("prepare_rss_mb", "startup_rss_mb", "train_rss_mb"):
-      print(f"{k}: largest / smallest = {rows[-1][k] / rows[0][k]:.2f}")
+      if rows[0][k]:
+        print(f"{k}: largest / smallest = {rows[-1][k] / rows[0][k]:.2f}")
 
 
 if __name__ == "__main__":

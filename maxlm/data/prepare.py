@@ -55,6 +55,7 @@ from maxlm.data import tokenizer as tokenizer_lib
 SHARD_TOKENS = 16_000_000  # default target tokens per shard (32 MB of uint16)
 PLAN = "prepare_plan.json"
 _SAMPLE_DOCS = 64  # documents tokenized to estimate tokens per document
+_ENCODE_BATCH = 512  # documents per SentencePiece batch call while writing a shard
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,14 +178,17 @@ def _write_shard(t: _Task, docs) -> int:
   """Writes documents [t.start, t.stop) of `docs` (a plan split); returns tokens."""
   from array_record.python import array_record_module as arm  # pylint: disable=g-import-not-at-top
   sp = tokenizer_lib.load(t.tokenizer_path)
-  items = [docs[i] for i in range(t.start, t.stop)]
   tmp = f"{t.path}.array_record.tmp{os.getpid()}"
   # group_size:1 = every record separately addressable (fast random access).
   w = arm.ArrayRecordWriter(tmp, "group_size:1")
   n_tok = 0
-  for (_, doc_id), toks in zip(items, sp.encode([text for text, _ in items])):
-    w.write(shards_lib.encode_record(doc_id, toks, t.dtype))
-    n_tok += len(toks)
+  # Documents stream through in batches: a shard of 16M tokens never sits in
+  # memory as Python lists (36 bytes a token), only one batch does.
+  for a in range(t.start, t.stop, _ENCODE_BATCH):
+    items = [docs[i] for i in range(a, min(t.stop, a + _ENCODE_BATCH))]
+    for (_, doc_id), toks in zip(items, sp.encode([text for text, _ in items])):
+      w.write(shards_lib.encode_record(doc_id, toks, t.dtype))
+      n_tok += len(toks)
   w.close()
   os.replace(tmp, t.path + ".array_record")
   # The summary marks the shard done (written last); ids live in the records.
