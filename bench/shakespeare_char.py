@@ -1,14 +1,18 @@
 r"""nanoGPT's shakespeare_char run, trained with maxlm: validation loss next to nanoGPT's.
 
-  .venv/bin/python bench/shakespeare_char.py                    # the CPU recipe, 2000 steps
-  .venv/bin/python bench/shakespeare_char.py --steps=200        # a quick look
+  python bench/shakespeare_char.py input.txt                  # the CPU recipe, 2000 steps
+  python bench/shakespeare_char.py input.txt --steps=200      # a quick look
+
+input.txt is char-rnn's Tiny Shakespeare (public domain; no package ships it):
+  curl -LO https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
+(1,115,394 characters, sha256 86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed).
 
 Data as nanoGPT's data/shakespeare_char/prepare.py: the 65 characters of the
 text are the vocabulary (sorted), the first 90% is train and the last 10% val;
 batches are random 64-character windows (nanoGPT's get_batch). The model,
 optimizer and schedule come from configs/pretrain.py:shakespeare_char and
 the update is maxlm's jitted `train_step`. nanoGPT's published number for this
-recipe (README of ../shared/data/tinyshakespeare): val loss about 1.88.
+recipe (nanoGPT README, "baby GPT" on a CPU): val loss about 1.88.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+SOURCE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 from configs import pretrain  # noqa: E402
 from maxlm.model import ModelConfig, init_params  # noqa: E402
@@ -63,9 +68,8 @@ def estimate_loss(eval_fn, params, data, iters: int, batch: int, seq_len: int) -
 
 
 def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare",
-                                                 "input.txt"))
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("data", help="Tiny Shakespeare input.txt (see above for where to get it)")
   ap.add_argument("--steps", type=int, default=0, help="0 = the config's (2000)")
   ap.add_argument("--eval_iters", type=int, default=200,
                   help="val batches per evaluation (nanoGPT's CPU recipe uses 20)")
@@ -75,6 +79,8 @@ def main():
   steps = args.steps or c.train.steps
   T, B = c.data.seq_len, c.train.global_batch
 
+  if not os.path.isfile(args.data):
+    sys.exit(f"{args.data}: not found. It is char-rnn's public Tiny Shakespeare text: {SOURCE_URL}")
   text = open(args.data, encoding="utf-8").read()
   encode, chars = char_codec(text)
   ids = encode(text)

@@ -2,7 +2,10 @@
 
 Data: Epoch AI's reconstruction of Hoffmann et al. 2022 Figure 4 (Besiroglu,
 Erdil, Barnett, You 2024, "Chinchilla Scaling: A replication attempt",
-arXiv:2404.10102; see /work/shared/data/chinchilla/README.md). Runs exactly
+arXiv:2404.10102). The file is public: GitHub epoch-research/analyzing-chinchilla,
+data/svg_extracted_data.csv (commit 92258837, sha256 193478df...aa1b30, 245 rows):
+  curl -LO https://raw.githubusercontent.com/epoch-research/analyzing-chinchilla/92258837425e1b5f2851d624287f0120583a3d0e/data/svg_extracted_data.csv
+Runs exactly
 
   python -m maxlm.scaling fit svg_extracted_data.csv --n-col "Model Size" \
       --c-col "Training FLOP" --loss-col loss --drop-highest 5 --bootstrap 200 --json
@@ -13,7 +16,7 @@ Passes when E, alpha and beta equal Epoch's L-BFGS fit to 3 significant
 figures. Also prints Approach 2 on the same points, grouped into Hoffmann's
 nine isoFLOP budgets. Takes one to a few minutes on 2 CPU cores.
 
-  .venv/bin/python bench/validate_chinchilla.py [--csv PATH] [--bootstrap 200]
+  python bench/validate_chinchilla.py svg_extracted_data.csv [--bootstrap 200]
 """
 
 import argparse
@@ -29,7 +32,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from maxlm.scaling import cli, isoflop  # noqa: E402
 
-DEFAULT_CSV = "/work/shared/data/chinchilla/svg_extracted_data.csv"
+SOURCE_URL = ("https://raw.githubusercontent.com/epoch-research/analyzing-chinchilla/"
+              "92258837425e1b5f2851d624287f0120583a3d0e/data/svg_extracted_data.csv")
 KEYS = ("E", "A", "B", "alpha", "beta")
 PUBLISHED = {
     "Hoffmann et al. 2022 (rounded)": dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28),
@@ -45,10 +49,13 @@ def sig3(x):
 
 
 def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--csv", default=DEFAULT_CSV)
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("csv", help="Epoch AI's svg_extracted_data.csv (see above for where to get it)")
   ap.add_argument("--bootstrap", type=int, default=200)
   args = ap.parse_args()
+  if not os.path.isfile(args.csv):
+    sys.exit(f"{args.csv}: not found. It is Epoch AI's public reconstruction of Chinchilla's"
+             f" Figure 4: {SOURCE_URL}")
 
   argv = ["fit", args.csv, "--n-col", "Model Size", "--c-col", "Training FLOP", "--loss-col", "loss",
           "--drop-highest", "5", "--bootstrap", str(args.bootstrap), "--predict-flops", "5.88e23", "--json"]

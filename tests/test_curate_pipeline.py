@@ -112,11 +112,11 @@ def test_bad_input_counted_with_file_and_line(tmp_path):
   good = {"text": _prose(0)}
   with open(d / "a.jsonl", "wb") as f:
     f.write(json.dumps(good).encode() + b"\n")            # 1 ok
-    f.write(b"{not json\n")                               # 2 bad_json
-    f.write(b'{"text": "caf\xff"}\n')                     # 3 undecodable
-    f.write(b'{"body": "no text field"}\n')               # 4 missing_text
+    f.write(b"{not json\n")                               # 2 malformed_jsonl
+    f.write(b'{"text": "caf\xff"}\n')                     # 3 invalid_utf8 (kept as caf\ufffd)
+    f.write(b'{"body": "no text field"}\n')               # 4 missing_field
     f.write(b'{"text": "   "}\n')                         # 5 empty
-  gz = gzip.compress((json.dumps(good) + "\n").encode() * 50)
+  gz = gzip.compress("".join(json.dumps({"text": _prose(i, 2)}) + "\n" for i in range(20, 70)).encode())
   (d / "b.jsonl.gz").write_bytes(gz[:len(gz) // 2])      # truncated archive
   (d / "c.html").write_text("<html><body><script>var x;</script></body></html>")
   (d / "d.txt").write_bytes(b"fine\nfine\n\xc3\x28 broken")  # bad byte on line 3
@@ -126,15 +126,16 @@ def test_bad_input_counted_with_file_and_line(tmp_path):
   c = _config(tmp_path, "dedup", read__max_error_fraction=1.0)
   summary = pipeline.run(c, [str(d / "*")], str(tmp_path / "out"), ["--direct_running_mode=in_memory"])
   errors = {(os.path.basename(e["file"]), e["line"], e["rule"]) for e in summary["read"]["errors_listed"]}
-  assert {("a.jsonl", 2, "bad_json"), ("a.jsonl", 3, "undecodable"), ("a.jsonl", 4, "missing_text"),
-          ("a.jsonl", 5, "empty"), ("c.html", None, "html_no_text"), ("d.txt", 3, "undecodable"),
-          ("f.parquet", None, "missing_text"), ("g.parquet", 1, "empty")} <= errors
-  assert any(f == "b.jsonl.gz" and rule == "unreadable_file" for f, _, rule in errors)
+  assert {("a.jsonl", 2, "malformed_jsonl"), ("a.jsonl", 3, "invalid_utf8"), ("a.jsonl", 4, "missing_field"),
+          ("a.jsonl", 5, "empty_document"), ("c.html", None, "html_no_text"), ("d.txt", 3, "invalid_utf8"),
+          ("f.parquet", None, "missing_field"), ("g.parquet", 1, "empty_document")} <= errors
+  # The truncated archive keeps its readable lines and names where it was cut.
+  assert any(f == "b.jsonl.gz" and rule == "truncated_file" and line > 1 for f, line, rule in errors)
   assert summary["read"]["errors"] == len(errors) == 9
   docs, _ = _read_out(str(tmp_path / "out"))
   ids = {os.path.basename(d["id"]) for d in docs}
-  assert {"a.jsonl:1", "e.txt", "p1"} <= ids
-  assert summary["stages"][0]["removed"]["bad_json"] == 1
+  assert {"a.jsonl:1", "a.jsonl:3", "e.txt", "p1", "b.jsonl.gz:1", "b.jsonl.gz:2"} <= ids
+  assert summary["stages"][0]["removed"]["malformed_jsonl"] == 1
 
 
 def test_error_budget_stops_the_run(tmp_path):
@@ -259,4 +260,39 @@ def test_warc_reading_with_main_text_extraction(tmp_path):
   cut.write_bytes(data + records[3][:len(records[3]) // 2])
   out = list(read.read_file(str(cut), "crawl"))
   assert [r["id"] for k, r in out if k == "doc"] == ["<urn:uuid:0000-0002>"]
-  assert [(r["rule"], r["line"]) for k, r in out if k == "error"] == [("unreadable_file", len(data))]
+  assert [(r["rule"], r["line"]) for k, r in out if k == "error"] == [("truncated_file", len(data))]
+
+
+def test_output_directory_is_never_mixed(tmp_path):
+  """A non-empty output is refused unless --overwrite; the same run, complete, is not redone."""
+  a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+  _write_jsonl(a, [{"id": f"a{i}", "text": _prose(i)} for i in range(3)])
+  _write_jsonl(b, [{"id": f"b{i}", "text": _prose(10 + i)} for i in range(2)])
+  c, out = _config(tmp_path, "dedup"), tmp_path / "out"
+  flags = ["--direct_running_mode=in_memory"]
+  pipeline.run(c, [str(a)], str(out), flags)
+  stamp = {p: os.stat(p).st_mtime_ns for p in glob.glob(str(out / "docs" / "*"))}
+  # The same run again: its summary, nothing rewritten.
+  again = pipeline.run(c, [str(a)], str(out), flags)
+  assert again["stages"][0]["docs_out"] == 3
+  assert {p: os.stat(p).st_mtime_ns for p in glob.glob(str(out / "docs" / "*"))} == stamp
+  # Another run (other inputs) into it: refused, outputs untouched.
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    pipeline.run(c, [str(b)], str(out), flags)
+  assert sorted(d["id"] for d in _read_out(str(out))[0]) == ["a0", "a1", "a2"]
+  # --overwrite: only the second run's documents and summary remain.
+  summary = pipeline.run(c, [str(b)], str(out), flags, overwrite=True)
+  assert sorted(d["id"] for d in _read_out(str(out))[0]) == ["b0", "b1"]
+  assert summary["stages"][0]["docs_out"] == 2
+  # A directory holding other files is never cleared, even with --overwrite.
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "notes.txt").write_text("mine")
+  with pytest.raises(FileExistsError, match="did not write"):
+    pipeline.run(c, [str(b)], str(other), flags, overwrite=True)
+  assert (other / "notes.txt").read_text() == "mine"
+  # The command line names the flag in one line.
+  r = subprocess.run([sys.executable, "-m", "maxlm.curate", "--config=configs/curate.py:dedup,runlocal",
+                      f"--input={a}", f"--output={out}", "--direct_running_mode=in_memory"],
+                     cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode != 0 and "is not empty" in r.stderr.strip().splitlines()[-1]

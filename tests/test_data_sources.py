@@ -215,3 +215,146 @@ def test_compressed_jsonl_reads_like_plain(tmp_path, suffix):
   read = lambda p: [(d.text, d.meta["id"]) for d in sources_lib.load_documents(
       dict(name="s", **source(kind="jsonl", domain="web", paths=(str(p),)).to_dict()))]
   assert read(packed) == read(plain) == [(f"document {i}", i) for i in range(5)]
+
+
+# ---------------------------------------------------------------------------
+# Bad input, complete (issue 17.7) and streaming (issue 13.6)
+# ---------------------------------------------------------------------------
+
+def _lines_jsonl(n, start=0):
+  return "".join(json.dumps({"text": f"document {i} " + "word " * (i % 7)}) + "\n"
+                 for i in range(start, start + n)).encode()
+
+
+def test_zst_that_is_not_zstd_is_counted_naming_the_file(tmp_path):
+  import gzip
+  fake = tmp_path / "fake.jsonl.zst"
+  fake.write_bytes(_lines_jsonl(5))  # plain JSONL under a .zst name
+  mislabelled = tmp_path / "gz.jsonl.zst"
+  mislabelled.write_bytes(gzip.compress(_lines_jsonl(3)))  # gzip under a .zst name
+  errors = sources_lib.ErrorLog()
+  docs = sources_lib.load_documents(_src("jsonl", [str(tmp_path / "*.zst")]), errors)
+  # The gzip one is read by its magic bytes (and counted); the other is refused by name.
+  assert [d.text.split()[1] for d in docs] == ["0", "1", "2"]
+  assert errors.counts == {(str(fake), "unreadable_file"): 1,
+                           (str(mislabelled), "compression_mismatch"): 1}
+  assert f"{fake}: unreadable_file named zstd but is not zstd data" in errors.report()
+  # Training start-up reports it as bad input, not as a ZstdError traceback.
+  c = data.default_data_config()
+  c.sources = {"t": _src("jsonl", [str(fake), str(mislabelled)])}
+  c.error_budget = 10
+  assert len(pipeline.plan_sources(c)[0].train) + len(pipeline.plan_sources(c)[0].heldout) == 3
+  assert str(fake) in data.error_report(c)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".jsonl.zst"])
+def test_truncated_archive_keeps_its_readable_part(tmp_path, suffix):
+  import gzip
+  import zstandard
+  raw = _lines_jsonl(2000)
+  if suffix.endswith(".gz"):
+    packed = gzip.compress(raw)
+  else:  # frames of 4 KiB, as a streaming writer flushes them: the cut loses only its frame
+    cctx = zstandard.ZstdCompressor()
+    packed = b"".join(cctx.compress(raw[i:i + 4096]) for i in range(0, len(raw), 4096))
+  p = tmp_path / f"cut{suffix}"
+  p.write_bytes(packed[:len(packed) // 2])
+  errors = sources_lib.ErrorLog()
+  docs = sources_lib.load_documents(_src("jsonl", [str(p)]), errors)
+  n = len(docs)
+  assert 2000 * 0.3 < n < 2000 * 0.7  # about half, not nothing
+  # Exactly what was readable, in order, and the cut is one error at the next line.
+  assert [d.text for d in docs] == [json.loads(l)["text"] for l in raw.decode().splitlines()[:n]]
+  assert errors.counts == {(str(p), "truncated_file"): 1}
+  assert list(errors.lines[(str(p), "truncated_file")]) == [n + 1]
+  offset = sum(len(l) for l in raw.splitlines(keepends=True)[:n])
+  assert f"uncompressed byte {offset}" in errors.report()
+
+
+def test_every_bad_line_is_listed_grouped_by_kind_and_file(tmp_path):
+  a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+  bad_a = [2, 3, 4, 9, 11]
+  a.write_text("\n".join("{broken" if i in bad_a else json.dumps({"text": f"t{i}"})
+                         for i in range(1, 13)) + "\n")
+  b.write_text("\n".join(['{"x": 1}'] * 3 + ['{"text": "ok"}', "{broken"]) + "\n")
+  c = data.default_data_config()
+  c.sources = {"t": _src("jsonl", [str(tmp_path / "*.jsonl")])}
+  c.error_budget = -1
+  report = data.error_report(c)
+  lines = report.splitlines()
+  # Kinds are headings with their totals; under each, one line per file with every line number.
+  assert "malformed_jsonl: 6" in lines and "missing_field: 3" in lines
+  assert any(l.strip() == f"5  {a} lines 2-4, 9, 11" for l in lines)
+  assert any(l.strip() == f"1  {b} lines 5" for l in lines)
+  assert any(l.strip() == f"3  {b} lines 1-3" for l in lines)
+  assert lines.index("malformed_jsonl: 6") < lines.index("missing_field: 3")
+
+
+def test_lazy_index_reads_the_same_documents_as_the_list(tmp_path):
+  """The index (training) and load_documents (list) agree: keys, texts, order, pieces."""
+  import gzip
+  (tmp_path / "a.jsonl").write_bytes(_lines_jsonl(30))
+  (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(_lines_jsonl(20, start=30)))
+  pq.write_table(pa.table({"text": ["p " * 40, "q " * 3]}), tmp_path / "c.parquet")
+  for kind, pattern, kw in (("jsonl", "*.jsonl*", dict(max_doc_chars=25)),
+                            ("parquet", "*.parquet", dict(max_doc_chars=30)),
+                            ("shakespeare", None, dict(max_doc_chars=5000, max_docs=40))):
+    src = _src(kind, [str(tmp_path / pattern)] if pattern else [], **kw)
+    listed = sources_lib.load_documents(src)
+    index = sources_lib.build_index(src)
+    assert len(index) == len(listed) > 0
+    assert [index.key(i) for i in range(len(index))] == [d.key for d in listed]
+    got = [index.text(i) for i in np.random.default_rng(0).permutation(len(index))]
+    want = [listed[i].text for i in np.random.default_rng(0).permutation(len(index))]
+    assert got == want
+    seq, _ = sources_lib.cached_documents(src)
+    train, held = sources_lib.split_heldout(seq, 0.2)
+    ltrain, lheld = sources_lib.split_heldout(listed, 0.2)
+    assert [d.key for d in train] == [d.key for d in ltrain]
+    assert [d.key for d in held] == [d.key for d in lheld]
+
+
+_MEMORY_PROBE = r"""
+import json, resource, sys
+from maxlm import data
+from maxlm.data import config as config_lib
+corpus, tok = sys.argv[1], sys.argv[2]
+c = data.default_data_config()
+c.sources = {"web": config_lib.source(kind="jsonl", domain="web", paths=(corpus,), max_doc_chars=4000)}
+c.heldout_fraction = 0.01
+it = data.make_train_iterator(c, tokenizer_path=tok, seq_len=256, global_batch=4, seed=0)
+for _ in range(20):
+  next(it)
+print(json.dumps({"peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+@pytest.mark.slow
+def test_raw_training_memory_does_not_grow_with_the_corpus(tmp_path):
+  """Raw JSONL of 8 MB and 40 MB: training start-up and 20 batches in subprocesses; the
+  peak RSS grows by far less than the corpus (the old list of texts: +136 MB for +32 MB)."""
+  import os
+  import subprocess
+  import sys
+  base = data.default_data_config()
+  base.sources.shakespeare.max_docs = base.sources.stdlib.max_docs = 20
+  base.tokenizer.train_chars = 100_000
+  tok = data.build_tokenizer(base, str(tmp_path))
+  rng = np.random.default_rng(0)
+  vocab = np.array(["the", "data", "stream", "index", "memory", "corpus", "token", "model",
+                    "reads", "every", "line", "once"])
+  sizes, rss = {}, {}
+  for name, mb in (("small", 8), ("big", 40)):
+    path = tmp_path / f"{name}.jsonl"
+    with open(path, "w") as f:
+      while f.tell() < mb * 1e6:
+        words = vocab[rng.integers(0, len(vocab), (1000, 180))]
+        f.write("".join(json.dumps({"text": " ".join(w), "id": int(i)}) + "\n"
+                        for i, w in enumerate(words)))
+    sizes[name] = os.path.getsize(path)
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(path), tok], check=True,
+                         capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    rss[name] = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_kb"] * 1024
+  grew, corpus_grew = rss["big"] - rss["small"], sizes["big"] - sizes["small"]
+  print("peak RSS", rss, "corpus bytes", sizes)
+  assert grew < 0.25 * corpus_grew, (rss, sizes)

@@ -1,7 +1,7 @@
 """Curate raw text into training shards with Apache Beam (logic in maxlm.curate.pipeline).
 
   python -m maxlm.curate --config=configs/curate.py:default --input='raw/*.jsonl.gz' \
-      --output=curated/ [--runner=DataflowRunner --project=... --region=... --temp_location=gs://...]
+      --output=curated/ [--overwrite] [--runner=DataflowRunner --project=... --region=... --temp_location=gs://...]
   python -m maxlm.curate train-classifier --positive=GLOB --negative=GLOB --output=quality.npz
 
 Flags the curate command does not know are Beam pipeline options. The
@@ -20,12 +20,17 @@ def _curate(argv):
   from maxlm.curate import pipeline
   config = config_flags.DEFINE_config_file("config", None, "configs/curate.py:<variant>", lock_config=True)
   inputs = flags.DEFINE_string("input", None, "comma-separated globs of input files")
-  output = flags.DEFINE_string("output", None, "output directory")
+  output = flags.DEFINE_string("output", None, "output directory (empty, or holding this same run)")
+  overwrite = flags.DEFINE_bool("overwrite", False, "replace another curation run's outputs in --output")
   beam_args = flags.FLAGS(argv, known_only=True)[1:]
   if not inputs.value or not output.value or config.value is None:
     sys.exit("usage: python -m maxlm.curate --config=configs/curate.py:<variant> --input=GLOB --output=DIR")
   logging.basicConfig(level=logging.INFO)
-  summary = pipeline.run(config.value, inputs.value.split(","), output.value, beam_args)
+  try:
+    summary = pipeline.run(config.value, inputs.value.split(","), output.value, beam_args,
+                           overwrite=overwrite.value)
+  except FileExistsError as e:
+    sys.exit(str(e))
   for s in summary["stages"]:
     print(f"{s['stage']:>18}: {s['docs_in']:>9} -> {s['docs_out']:>9}  {s['removed']}")
 

@@ -30,7 +30,7 @@ import zstandard
 from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from maxlm.curate import report
+from maxlm.curate import outdir, report
 from maxlm.curate.classifier import ClassifierScore
 from maxlm.curate.decontam import Decontaminate
 from maxlm.curate.dedup import Boilerplate, ExactDedup, NearDedup
@@ -192,13 +192,24 @@ def pipeline_options(beam_args, num_workers: int = 0) -> tuple[PipelineOptions, 
   return options, None
 
 
-def run(config, inputs, output: str, beam_args=()) -> dict:
-  """Runs the pipeline to completion; returns the summary (also written under `output`)."""
+def run(config, inputs, output: str, beam_args=(), overwrite: bool = False) -> dict:
+  """Runs the pipeline to completion; returns the summary (also written under `output`).
+
+  `output` must be empty, or hold this same run (see outdir.claim); `overwrite`
+  replaces another run's outputs.
+  """
+  from maxlm.curate import read  # pylint: disable=g-import-not-at-top
+  fp = outdir.fingerprint(config.to_dict(), read.match_inputs(inputs))
+  done = outdir.claim(output, fp, overwrite)
+  if done is not None:
+    report.check_error_budget(done, config.read.max_error_fraction)
+    return done
   options, runner = pipeline_options(beam_args, config.num_workers)
   with beam.Pipeline(runner=runner, options=options) as p:
     stage_names = build_pipeline(p, config, inputs, output)
   summary = report.write_report(output, stage_names, config.to_dict(),
                                 with_charts=config.write.get("charts", True))
   logging.info("curate: %s", json.dumps(summary["stages"]))
+  outdir.mark_complete(output, fp)
   report.check_error_budget(summary, config.read.max_error_fraction)
   return summary

@@ -54,13 +54,18 @@ from maxlm.data import tokenizer as tokenizer_lib
 
 @dataclasses.dataclass(frozen=True)
 class SourcePlan:
-  """One source's documents after the held-out split, with global doc ids."""
+  """One source's documents after the held-out split, with global doc ids.
+
+  `train` / `heldout` are lazy sequences (sources.TextIdSequence): [i] reads one
+  (text, doc_id) from the source's files, `.doc_ids` holds the ids without
+  reading any text, so a plan costs ~50 bytes per document, not its text.
+  """
   name: str
   domain_id: int
   weight: float
   config: dict  # the source's entry from config.iter_sources
-  train: list  # [(text, doc_id)] in curriculum order (or file order)
-  heldout: list  # [(text, doc_id)]
+  train: sources_lib.TextIdSequence  # [(text, doc_id)] in curriculum order (or file order)
+  heldout: sources_lib.TextIdSequence  # [(text, doc_id)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +92,8 @@ def framing(data_config, tokenizer_path: str) -> tuple[int | None, int | None]:
 
 
 def plan_sources(data_config) -> list[SourcePlan]:
-  """Loads every source and splits it; doc ids are global and stable."""
+  """Indexes every source (one streaming pass, no text kept) and splits it; doc ids
+  are global and stable."""
   config_lib.validate(data_config)
   domains = config_lib.domain_names(data_config)
   budget = data_config.get("error_budget", -1)
@@ -99,15 +105,14 @@ def plan_sources(data_config) -> list[SourcePlan]:
       raise sources_lib.DataErrorBudgetExceeded(
           f"data error budget exceeded: {bad} bad inputs over all sources > "
           f"data.error_budget={budget}; see data.error_report(config)")
-    if not docs:
+    if not len(docs):
       raise ValueError(f"data.sources.{s['name']}: no documents")
-    ids = {d.key: offset + i for i, d in enumerate(docs)}
-    offset += len(docs)
     train, held = sources_lib.split_heldout(docs, data_config.heldout_fraction)
-    train = ordering.order_documents(train, s.get("order_by", ""), s.get("order_desc", False))
+    train = train.ordered(s.get("order_by", ""), s.get("order_desc", False))
+    # A document's id is its position in the source's file order, after earlier sources'.
     plans.append(SourcePlan(s["name"], domains.index(s["domain"]), s["weight"], s,
-                            [(d.text, ids[d.key]) for d in train],
-                            [(d.text, ids[d.key]) for d in held]))
+                            train.with_ids(offset), held.with_ids(offset)))
+    offset += len(docs)
   return plans
 
 

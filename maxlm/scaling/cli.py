@@ -27,10 +27,10 @@ import csv
 import importlib.util
 import json
 import os
-import sys
-
 import numpy as np
 
+from maxlm import cli
+from maxlm.cli import UsageError
 from maxlm.scaling import chinchilla, dcpt, isoflop, kaplan, runs, sweep
 
 
@@ -57,6 +57,52 @@ def load_config(spec, sets=()):
   return config
 
 
+def _read_rows(path, need, loss_col, skip_incomplete=False):
+  """CSV rows with a loss, as dicts of floats over the `need` columns.
+
+  Errors name the file: a missing column lists the CSV's columns, a non-number names its line.
+  """
+  need = list(dict.fromkeys([c for c in need if c] + [loss_col]))
+  try:
+    f = open(path, newline="")
+  except OSError as e:
+    raise UsageError(f"{path}: cannot read the results CSV ({e.strerror})") from None
+  with f:
+    reader = csv.DictReader(f)
+    have = reader.fieldnames or []
+    missing = [c for c in need if c not in have]
+    if missing:
+      raise UsageError(f"{path}: no column {', '.join(map(repr, missing))}; the CSV has"
+                       f" {', '.join(have) if have else 'no header'} (choose with --n-col/--d-col/"
+                       f"--c-col/--loss-col/...)")
+    rows = []
+    for line, r in enumerate(reader, 2):
+      if r.get(loss_col, "") in ("", None):
+        continue  # an unfinished run has no loss yet
+      if skip_incomplete and any(r.get(k, "") in ("", None) for k in need):
+        continue
+      try:
+        rows.append({k: float(r[k]) for k in need})
+      except (TypeError, ValueError):
+        bad = next(k for k in need if not _is_float(r[k]))
+        raise UsageError(f"{path}:{line}: column {bad!r} is {r[bad]!r}, not a number") from None
+  return rows
+
+
+def _is_float(v) -> bool:
+  try:
+    float(v)
+    return True
+  except (TypeError, ValueError):
+    return False
+
+
+def _need_points(path, n, n_params, what):
+  if n < n_params:
+    raise UsageError(f"{path}: {n} run(s) with a loss, but {what} has {n_params} parameters;"
+                     f" it needs at least {n_params} points")
+
+
 def read_table(path, n_col, loss_col, d_col=None, c_col=None, budget_col=None, drop_highest=0):
   """Columns as float arrays: n, d, c (6ND when only D given), loss, budget. Rows with no loss are skipped.
 
@@ -64,10 +110,9 @@ def read_table(path, n_col, loss_col, d_col=None, c_col=None, budget_col=None, d
   rule: keep loss < 5th-largest loss), i.e. the K highest-loss points.
   """
   if (d_col is None) == (c_col is None):
-    raise ValueError("give exactly one of --d-col and --c-col")
-  with open(path, newline="") as f:
-    rows = [r for r in csv.DictReader(f) if r.get(loss_col, "") not in ("", None)]
-  col = lambda k: np.array([float(r[k]) for r in rows])
+    raise UsageError("give exactly one of --d-col and --c-col")
+  rows = _read_rows(path, [n_col, d_col, c_col, budget_col], loss_col)
+  col = lambda k: np.array([r[k] for r in rows])
   n, loss = col(n_col), col(loss_col)
   if d_col is not None:
     d = col(d_col)
@@ -85,9 +130,8 @@ def read_table(path, n_col, loss_col, d_col=None, c_col=None, budget_col=None, d
 
 def _column(path, name, loss_col, drop_highest=0):
   """One float column, with the same rows read_table keeps (loss present, K highest dropped)."""
-  with open(path, newline="") as f:
-    rows = [r for r in csv.DictReader(f) if r.get(loss_col, "") not in ("", None)]
-  x, loss = np.array([float(r[name]) for r in rows]), np.array([float(r[loss_col]) for r in rows])
+  rows = _read_rows(path, [name], loss_col)
+  x, loss = np.array([r[name] for r in rows]), np.array([r[loss_col] for r in rows])
   return x[loss < np.sort(loss)[-drop_highest]] if drop_highest else x
 
 
@@ -99,6 +143,12 @@ def _fit(args):
   # models several-fold (their LM head and attention), which would bend N_opt(C).
   c_run = t["c"] if args.flops_col is None else _column(args.csv, args.flops_col, args.loss_col, args.drop_highest)
   methods = ("approach3", "approach2", "kaplan") if args.method == "all" else (args.method,)
+  n_points = len(t["loss"])
+  # Parameters per law: approach 3 fits E, A, B, alpha, beta; approach 2 a parabola per budget
+  # (3) and then a power law across budgets; Kaplan's L(C) = (C_c / C)^alpha has two.
+  for method, n_params in (("approach3", 5), ("approach2", 3), ("kaplan", 2)):
+    if method in methods:
+      _need_points(args.csv, n_points, n_params, method)
   if "approach3" in methods:
     grid = chinchilla.hoffmann_grid() if args.grid == "hoffmann" else chinchilla.coarse_grid()
     fit3 = chinchilla.fit(t["n"], t["d"], t["loss"], grid=grid, n_boot=args.bootstrap, seed=args.seed)
@@ -158,10 +208,9 @@ def _print_human(out):
 
 
 def _mix_ratio(args):
-  with open(args.csv, newline="") as f:
-    need = [args.r_col, args.domain_loss_col, args.general_loss_col] + [c for c in (args.n_col, args.d_col) if c]
-    rows = [r for r in csv.DictReader(f) if all(r.get(k, "") not in ("", None) for k in need)]
-  col = lambda k: np.array([float(r[k]) for r in rows]) if k else None
+  need = [args.r_col, args.general_loss_col, args.n_col, args.d_col]
+  rows = _read_rows(args.csv, need, args.domain_loss_col, skip_incomplete=True)
+  col = lambda k: np.array([r[k] for r in rows]) if k else None
   r, n, d = col(args.r_col), col(args.n_col), col(args.d_col)
   # Target (N, D): as given, else the largest of the runs (the scale closest to the real run).
   n_at = args.n if args.n is not None else (float(n.max()) if n is not None else None)
@@ -283,4 +332,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run_argparse(main)

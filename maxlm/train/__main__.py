@@ -13,6 +13,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from maxlm import cli
 from maxlm.train.driver import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file[:arg].",
@@ -30,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

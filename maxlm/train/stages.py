@@ -517,4 +517,5 @@ if __name__ == "__main__":
                                                      lock_config=True)
   _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Run directory.")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  from maxlm import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)
