@@ -65,7 +65,7 @@ def _synthetic_rows(source: int, seq_len: int = 32, seed: int = 0):
 def test_mixer_token_shares_within_2_percent_over_10k_rows():
   weights = [0.5, 0.3, 0.15, 0.05]
   names = ["a", "b", "c", "d"]
-  infos = [mixing.SourceInfo(n, tuple(1000 * i + k for k in range(64))) for i, n in enumerate(names)]
+  infos = [mixing.SourceInfo(n, 64) for n in names]
   mixed = mixing.ScheduledMixIterDataset(
       [_synthetic_rows(i) for i in range(4)], infos,
       mixing.make_stages(weights, names, (), 1), rows_per_step=100)
@@ -151,13 +151,43 @@ def test_reuse_counts_match_brute_force_and_epoch_cap_holds(tok):
       brute[int(d)] = brute.get(int(d), 0) + 1
   rep = data.reuse_report(it)
   for p in pipeline.plan_sources(c):
-    host = [d for _, d in pipeline.host_docs(p, 0, 1)]
-    want = np.array([brute.get(d, 0) for d in host])
-    np.testing.assert_array_equal(rep[p.name]["doc_counts"], want, err_msg=p.name)
-    assert rep[p.name]["docs_served"] == want.sum()
+    r = rep[p.name]
+    train = np.array([d for _, d in p.train])
+    want = np.array([brute.get(int(d), 0) for d in train])
+    np.testing.assert_array_equal(r["doc_counts"][train - r["doc_id_lo"]], want, err_msg=p.name)
+    assert r["doc_counts"].sum() == want.sum() == r["docs_served"]  # held-out ids stay 0
   assert rep["email"]["exhausted"]
   assert rep["email"]["max_doc_count"] <= 2
-  np.testing.assert_array_equal(rep["email"]["doc_counts"], 2)
+  email = np.array([d for p in pipeline.plan_sources(c) if p.name == "email" for _, d in p.train])
+  np.testing.assert_array_equal(rep["email"]["doc_counts"][email - rep["email"]["doc_id_lo"]], 2)
+
+
+def test_iterator_state_is_o_sources_and_counts_travel_beside_it(tok, tmp_path):
+  # The JSON state holds no per-document data; the handler saves the counts
+  # as an array beside it and a resumed iterator continues them.
+  from maxlm.data import state as data_state
+  c = three_domain_config()
+  it = data.make_train_iterator(c, tokenizer_path=tok, seq_len=32, global_batch=4, seed=0)
+  for _ in range(5):
+    next(it)
+  small = len(json.dumps(it.get_state()))
+  c.sources.shakespeare.max_docs = 300
+  big = data.make_train_iterator(c, tokenizer_path=tok, seq_len=32, global_batch=4, seed=0)
+  for _ in range(5):
+    next(big)
+  assert abs(len(json.dumps(big.get_state())) - small) < 200  # 10x the documents
+  (tmp_path / "ck").mkdir()
+  data_state.CheckpointHandler().save(tmp_path / "ck", data_state.CheckpointSave(big))
+  for _ in range(3):
+    next(big)
+  fresh = data.make_train_iterator(c, tokenizer_path=tok, seq_len=32, global_batch=4, seed=0)
+  data_state.CheckpointHandler().restore(tmp_path / "ck", data_state.CheckpointRestore(fresh))
+  for _ in range(3):
+    next(fresh)
+  a, b = data.reuse_report(big), data.reuse_report(fresh)
+  for name in a:
+    np.testing.assert_array_equal(a[name]["doc_counts"], b[name]["doc_counts"], err_msg=name)
+    assert a[name]["docs_served"] == b[name]["docs_served"] == a[name]["doc_counts"].sum()
 
 
 def test_reuse_decay_downweights_a_reused_source(tok):
@@ -221,23 +251,21 @@ def test_changed_weights_on_resume_are_logged_and_used(tok, caplog):
   assert counts[names.index("email")] == 0
 
 
-def test_two_processes_see_disjoint_rows_covering_one_process(tok):
-  # Every training document of the run is in exactly one host's stream.
+def test_each_process_gets_its_rows_of_the_one_process_batch(tok):
+  # The global batch does not depend on the process count: host p holds rows
+  # [p*b, (p+1)*b) of what a single process sees.
   c = three_domain_config()
-  seen = []
-  for p in range(2):
-    it = data.make_train_iterator(c, tokenizer_path=tok, seq_len=32, global_batch=8, seed=0,
-                                  process_index=p, process_count=2, keep_doc_ids=True)
-    ids = set()
-    for _ in range(5):
-      b = next(it)
-      ids |= set(b["doc_ids"][b["segment_ids"] > 0].tolist())
-    seen.append(ids)
-  assert not seen[0] & seen[1]
-  for plan in pipeline.plan_sources(c):
-    shards = [{d for _, d in pipeline.host_docs(plan, p, 2)} for p in range(2)]
-    assert shards[0] | shards[1] == {d for _, d in plan.train}
-    assert not shards[0] & shards[1]
+  one = data.make_train_iterator(c, tokenizer_path=tok, seq_len=32, global_batch=8, seed=0,
+                                 keep_doc_ids=True)
+  want = [next(one) for _ in range(5)]
+  for n in (2, 4):
+    hosts = [data.make_train_iterator(c, tokenizer_path=tok, seq_len=32, global_batch=8,
+                                      seed=0, process_index=p, process_count=n,
+                                      keep_doc_ids=True) for p in range(n)]
+    for w in want:
+      got = [next(h) for h in hosts]
+      for k in w:
+        np.testing.assert_array_equal(np.concatenate([g[k] for g in got]), w[k], err_msg=k)
 
 
 def test_reports_are_written(tok, tmp_path):
@@ -268,6 +296,16 @@ def test_worker_processes_resume_exactly_and_count_every_row(tok):
   fresh = data.make_train_iterator(c, tokenizer_path=tok, seq_len=32, global_batch=4, seed=0,
                                    keep_doc_ids=True)
   fresh.set_state(state)
+  # Worker processes do not change the data order.
+  c0 = three_domain_config()
+  plain = data.make_train_iterator(c0, tokenizer_path=tok, seq_len=32, global_batch=4, seed=0,
+                                   keep_doc_ids=True)
+  for _ in range(3):
+    next(plain)
+  for w in want:
+    got = next(plain)
+    for k in w:
+      np.testing.assert_array_equal(got[k], w[k], err_msg=k)
   for w in want:
     got = next(fresh)
     for k in w:

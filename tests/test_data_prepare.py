@@ -100,16 +100,116 @@ def test_prepare_resumes_without_redoing_finished_shards(prepared, tmp_path):
   assert before == after
 
 
-def test_cli_with_parallel_workers(prepared, tmp_path):
-  tok, _, manifest = prepared
+def test_cli_on_beam_writes_the_same_shards(prepared, tmp_path):
+  tok, ref, _ = prepared
   out = tmp_path / "cli"
   cmd = [sys.executable, "-m", "maxlm.data.prepare", "--config=configs/data_mixture.py",
-         f"--tokenizer={tok}", f"--out={out}", "--workers=2",
+         f"--tokenizer={tok}", f"--out={out}", "--workers=2", "--docs_per_shard=8",
          "--config.sources.shakespeare.max_docs=25", "--config.sources.stdlib.max_docs=25",
-         "--config.heldout_fraction=0.1"]
-  res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert res.returncode == 0, res.stderr
+         "--config.heldout_fraction=0.1",
+         "--direct_num_workers=2"]  # a Beam pipeline flag, passed through
+  res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr[-3000:]
   got = json.load(open(out / "manifest.json"))
+  want = json.load(open(os.path.join(ref, "manifest.json")))
   for name in ("shakespeare", "stdlib"):
-    assert got["sources"][name]["train"]["tokens"] == manifest["sources"][name]["train"]["tokens"]
+    assert got["sources"][name] == want["sources"][name]
+    for split in ("train", "heldout"):
+      for shard in want["sources"][name][split]["shards"]:
+        assert (out / shard).read_bytes() == open(os.path.join(ref, shard), "rb").read(), shard
+  # The bar and the summary count the same shards.
+  n = sum(len(s[k]["shards"]) for s in got["sources"].values() for k in ("train", "heldout"))
+  assert f"{n} shards ({n} written now)" in res.stdout
+  assert f"{n}/{n}" in res.stderr
   assert "manifest:" in res.stdout
+
+
+def _jsonl_corpus(path, n_docs, seed=0, words=60):
+  """n_docs JSONL documents of pseudo-English (words from a fixed list)."""
+  rng = np.random.default_rng(seed)
+  vocab = ("the of and to in is was that for it with as his on be at by had not are but from "
+           "or have an they which one you were her all she there would their we him been has "
+           "when who will more no if out so said what up its about into than them can only").split()
+  with open(path, "w") as f:
+    for i in range(n_docs):
+      text = " ".join(rng.choice(vocab, size=int(rng.integers(words // 2, 2 * words))))
+      f.write(json.dumps({"text": text, "id": i}) + "\n")
+
+
+@pytest.mark.slow
+def test_training_from_shards_needs_no_raw_files(tmp_path, prepared):
+  from conftest import tiny_test_config
+  from maxlm.data import config as config_lib
+  from maxlm.train.driver import train
+  tok = prepared[0]
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  _jsonl_corpus(raw / "a.jsonl", 300)
+  with open(raw / "a.jsonl", "a") as f:
+    f.write("{not json\n")  # one bad line: its report must survive the raw files
+  cfg = tiny_test_config(**{"data.tokenizer.path": tok, "train.steps": 3,
+                            "ckpt.export_params": True})
+  with cfg.unlocked():
+    cfg.data.sources = {"web": config_lib.source(kind="jsonl", domain="web",
+                                                  paths=(str(raw / "*.jsonl"),))}
+    cfg.data.schedule = ()
+  shards = str(tmp_path / "shards")
+  prepare_lib.prepare(cfg.data, tok, shards, docs_per_shard=64, progress=False)
+  for p in raw.iterdir():
+    p.unlink()
+  raw.rmdir()
+  from maxlm.data import sources as sources_lib
+  sources_lib._cached.cache_clear()  # this process read them during prepare
+  with cfg.unlocked():
+    cfg.data.prepared_dir = shards
+  summary = train(cfg, str(tmp_path / "run"))
+  assert summary["step"] == 3 and not summary["preempted"]
+  assert (tmp_path / "run" / "done.json").exists()
+  assert (tmp_path / "run" / "params").is_dir()
+  errors = (tmp_path / "run" / "data_errors.txt").read_text()
+  assert "1 bad inputs" in errors and "malformed_jsonl" in errors
+
+
+def test_killed_prepare_rerun_gives_identical_shards_and_manifest(prepared, tmp_path):
+  tok, ref, _ = prepared
+  out = tmp_path / "shards"
+  prepare_lib.prepare(small_config(), tok, str(out), docs_per_shard=8, progress=False)
+  # Every state a kill can leave: a shard renamed without its summary, a
+  # half-written temporary file, shards not started, and no manifest yet.
+  (out / "stdlib" / "train-00001.json").unlink()
+  with open(out / "stdlib" / "train-00001.array_record", "r+b") as f:
+    f.truncate(100)
+  (out / "shakespeare" / "train-00002.json").unlink()
+  (out / "shakespeare" / "train-00002.array_record").rename(
+      out / "shakespeare" / "train-00002.array_record.tmp123")
+  for f in ("heldout-00000.json", "heldout-00000.array_record"):
+    (out / "shakespeare" / f).unlink()
+  (out / "manifest.json").unlink()
+  m = prepare_lib.prepare(small_config(), tok, str(out), docs_per_shard=8, progress=False)
+  assert m["last_run"]["shards_written"] == 3
+  want = json.load(open(os.path.join(ref, "manifest.json")))
+  got = json.load(open(out / "manifest.json"))
+  for d in (want, got):
+    d.pop("last_run")
+    d.pop("tokenizer_path")
+  assert got == want
+  for s in want["sources"].values():
+    for split in ("train", "heldout"):
+      for shard in s[split]["shards"]:
+        assert (out / shard).read_bytes() == open(os.path.join(ref, shard), "rb").read(), shard
+  assert not [f for d in ("stdlib", "shakespeare") for f in os.listdir(out / d) if ".tmp" in f]
+
+
+def test_shards_are_cut_by_a_token_target(prepared, tmp_path):
+  tok, _, _ = prepared
+  m = prepare_lib.prepare(small_config(), tok, str(tmp_path / "s"), shard_tokens=20_000,
+                          progress=False)
+  for name, s in m["sources"].items():
+    toks = s["train"]["shard_tokens"]
+    assert len(toks) >= 2 and sum(toks) == s["train"]["tokens"], name
+    # Documents per shard come from a sample, so shards average to the target
+    # (here 2-8 documents each: a single one varies with document lengths).
+    assert 10_000 <= np.mean(toks[:-1]) <= 40_000, (name, toks)
+  with open(tmp_path / "s" / "prepare_plan.json") as f:
+    assert json.load(f)["docs_per_shard"] == {
+        n: s["train"]["shard_docs"][0] for n, s in m["sources"].items()}

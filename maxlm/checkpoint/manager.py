@@ -2,7 +2,7 @@
 
 One checkpoint holds three items: `state` (params, optimizer state, step,
 rng; restored directly into its shardings), `data` (the Grain iterator's
-position, through grain's own orbax handler), so a resumed run sees the same
+position, through maxlm/data/state.py's handler, restorable on any host count), so a resumed run sees the same
 batches as an uninterrupted one, and `meta` (JSON: the run's config, the host
 count, a digest of every array leaf; see integrity.py and runconfig.py).
 
@@ -32,11 +32,11 @@ import logging
 import os
 import shutil
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 
 from maxlm.checkpoint import integrity, runconfig
+from maxlm.data import state as data_state  # iterator state restorable on any host count
 from maxlm.errors import RunError
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class Checkpointer:
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True),
         item_names=("state", "data", "meta"),
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler(),
+                       "data": data_state.CheckpointHandler(),
                        "meta": ocp.JsonCheckpointHandler()},
     )
     self._async = async_save
@@ -160,7 +160,7 @@ class Checkpointer:
       saved = self._mngr.save(
           step,
           args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  data=grain.checkpoint.CheckpointSave(data_iter),
+                                  data=data_state.CheckpointSave(data_iter),
                                   meta=ocp.args.JsonSave(meta)),
           force=force)
     except Exception as e:  # pylint: disable=broad-except
@@ -242,13 +242,12 @@ class Checkpointer:
 
   def _data_refusal(self, meta: dict | None, e: BaseException):
     """A data-state restore failure that is a mismatch, not damage (or None)."""
+    if isinstance(e, data_state.DataStateMismatch):  # e.g. a plain Grain pipeline's state
+      return _Refusal("data", f"data-state mismatch: {_first_line(e)}", "the data iterator's"
+                      " position cannot be mapped onto this run: resume with the host count and"
+                      " sources that wrote it, or use a new --workdir")
     if not meta:
       return None
-    saved_n, now_n = meta.get("process_count"), jax.process_count()
-    if saved_n is not None and saved_n != now_n:
-      return _Refusal("data", f"data-state mismatch: written by {saved_n} process(es), this run"
-                      f" has {now_n} ({_first_line(e)})", "the data iterator's position cannot be"
-                      f" mapped onto another host count: resume with {saved_n} process(es)")
     if meta.get("config") and self.run_config:
       names = lambda c: sorted((c.get("data") or {}).get("sources") or {})
       if names(meta["config"]) != names(self.run_config):
@@ -274,7 +273,7 @@ class Checkpointer:
                                 f" arrays differ from the digest recorded at save ({', '.join(bad[:3])})")
     try:
       self._mngr.restore(step, args=ocp.args.Composite(
-          data=grain.checkpoint.CheckpointRestore(data_iter)))
+          data=data_state.CheckpointRestore(data_iter)))
     except Exception as e:  # pylint: disable=broad-except
       refusal = self._data_refusal(meta, e)
       if refusal is not None:

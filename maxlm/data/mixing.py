@@ -22,12 +22,10 @@ iterator's state, so a checkpoint restores the trajectory.
 
 from __future__ import annotations
 
-import base64
 import copy
 import dataclasses
 import json
 import logging
-import zlib
 from typing import Sequence
 
 import grain
@@ -87,7 +85,7 @@ def weights_at(stages: Sequence[Stage], step: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class SourceInfo:
   name: str
-  doc_ids: tuple[int, ...]  # this host's documents of the source, any order
+  num_docs: int  # training documents of the source (one epoch)
 
 
 class ScheduledMixIterDataset(grain.IterDataset):
@@ -117,13 +115,11 @@ class _ScheduledMixIterator(grain.DatasetIterator):
     self._stages = stages
     self._rows_per_step = rows_per_step
     self._reuse_decay = reuse_decay
-    self._local = [{d: j for j, d in enumerate(i.doc_ids)} for i in infos]
     n = len(infos)
     self._rows = 0
     self._credit = np.zeros(n)
     self._tokens = np.zeros(n, np.int64)
     self._exhausted = np.zeros(n, bool)
-    self._counts = [np.zeros(len(i.doc_ids), np.int64) for i in infos]
     self._served = np.zeros(n, np.int64)  # documents started, per source
     self._online = dict(entries=[], rule_state=None)  # [(from_step, weights)], online_mixing's
 
@@ -153,7 +149,7 @@ class _ScheduledMixIterator(grain.DatasetIterator):
     live = [e for e in self._online["entries"] if e[0] <= step]
     if live:
       w = np.asarray(live[-1][1], np.float64) / sum(live[-1][1])
-    epochs = self._served // np.maximum(1, [len(c) for c in self._counts])
+    epochs = self._served // np.maximum(1, [i.num_docs for i in self._infos])
     w = w * self._reuse_decay ** epochs
     w[self._exhausted] = 0
     return w / w.sum() if w.sum() > 0 else w
@@ -183,8 +179,6 @@ class _ScheduledMixIterator(grain.DatasetIterator):
     self._tokens[i] += n
     # A document is served when its first piece (offset 0) is emitted.
     starts = (row["doc_offsets"] == 0) & (seg > 0)
-    for d in row["doc_ids"][starts]:
-      self._counts[i][self._local[i][int(d)]] += 1
     self._served[i] += int(np.count_nonzero(starts))
     self._rows += 1
     return row
@@ -202,8 +196,7 @@ class _ScheduledMixIterator(grain.DatasetIterator):
                            "tokens": int(self._tokens[k]),
                            "served": int(self._served[k]),
                            "exhausted": bool(self._exhausted[k]),
-                           "num_docs": len(inf.doc_ids),
-                           "counts": _encode(self._counts[k])}
+                           "num_docs": inf.num_docs}
                 for k, inf in enumerate(self._infos)},
         },
     }
@@ -232,26 +225,14 @@ class _ScheduledMixIterator(grain.DatasetIterator):
       self._tokens[k] = s["tokens"]
       self._served[k] = s["served"]
       self._exhausted[k] = s["exhausted"]
-      counts = _decode(s["counts"])
-      if len(counts) == len(self._counts[k]):
-        self._counts[k] = counts
-      else:
-        logging.warning("data: source %r changed size on resume; its reuse "
-                        "counts restart", name)
+      if s["num_docs"] != self._infos[k].num_docs:
+        logging.warning("data: source %r changed size on resume (%d -> %d documents)",
+                        name, s["num_docs"], self._infos[k].num_docs)
     for name in set(mine["sources"]) - set(names):
       logging.warning("data: source %r was dropped from the mix on resume", name)
 
   def __str__(self):
     return "ScheduledMixIterator"
-
-
-def _encode(a: np.ndarray) -> str:
-  # Per-document counts travel in Grain's JSON state: compact and exact.
-  return base64.b64encode(zlib.compress(a.astype("<u4").tobytes(), 1)).decode()
-
-
-def _decode(s: str) -> np.ndarray:
-  return np.frombuffer(zlib.decompress(base64.b64decode(s)), "<u4").astype(np.int64)
 
 
 def find_mixer(iterator):
@@ -289,10 +270,15 @@ def find_mix_state(state) -> dict | None:
 def reuse_report(iterator_or_state) -> dict:
   """Tokens, documents served and epochs per source, from an iterator or state.
 
-  Per-document counts ('doc_counts', in the host's document order) are
-  included for tests and audits.
+  From a training iterator (reuse.HostBatches), per-document counts are
+  included: 'doc_counts' indexed by doc_id - 'doc_id_lo' over the source's id
+  range (held-out ids stay 0), and 'max_doc_count'. From a bare state they are
+  absent (None).
   """
   state = iterator_or_state
+  counts = {}
+  if hasattr(state, "doc_counts"):
+    counts = state.doc_counts()
   if hasattr(state, "get_state"):
     state = state.get_state()
   if isinstance(state, (str, bytes)):
@@ -302,11 +288,11 @@ def reuse_report(iterator_or_state) -> dict:
     raise ValueError("no maxlm mixer state found in this iterator state")
   out = {}
   for name, s in mine["sources"].items():
-    counts = _decode(s["counts"])
+    lo, c = counts.get(name, (0, None))
     out[name] = dict(tokens=s["tokens"], docs_served=s["served"], num_docs=s["num_docs"],
                      epochs=s["served"] / max(1, s["num_docs"]),
-                     max_doc_count=int(counts.max(initial=0)),
-                     exhausted=s["exhausted"], doc_counts=counts)
+                     max_doc_count=None if c is None else int(c.max(initial=0)),
+                     exhausted=s["exhausted"], doc_counts=c, doc_id_lo=lo)
   return out
 
 
@@ -316,6 +302,7 @@ def format_reuse_report(report: dict) -> str:
            f"{'epochs':>7s} {'max/doc':>7s}"]
   for name, r in report.items():
     lines.append(f"{name:16s} {r['tokens']:12d} {r['tokens'] / total:7.1%} {r['num_docs']:8d} "
-                 f"{r['docs_served']:8d} {r['epochs']:7.2f} {r['max_doc_count']:7d}"
+                 f"{r['docs_served']:8d} {r['epochs']:7.2f} "
+                 + (f"{r['max_doc_count']:7d}" if r["max_doc_count"] is not None else "      -")
                  + ("  (capped)" if r["exhausted"] else ""))
   return "\n".join(lines)

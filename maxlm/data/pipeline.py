@@ -1,22 +1,37 @@
 """Grain input pipelines: training iterator and held-out eval batches.
 
 Per source (all Grain), from raw text or from prepared token shards:
-  MapDataset.source(this host's document indices)  # disjoint host shard
+  MapDataset.source(range(number of training documents))
     .shuffle(seed)                   # global shuffle, reseeded every epoch
                                      # (skipped for a curriculum order)
     .repeat(max_epochs or forever)   # a finite repeat is the epoch cap
     .map(Gather).map(Tokenize | DecodeRecord)   # in read threads
     .to_iter_dataset()
-  -> packing.pack(...)               # FirstFit or ConcatThenSplit rows
   [.mp_prefetch(workers)]            # optional worker processes
+  -> packing.pack(...)               # FirstFit or ConcatThenSplit rows
 Then the rows of all sources go through mixing.ScheduledMixIterDataset (token
-shares on a step schedule, reuse counts), and are batched, converted to the
-driver's dict (packing.finalize) and prefetched by a thread.
+shares on a step schedule), are batched into GLOBAL batches, prefetched by a
+thread, and HostBatches keeps this host's rows, counts document reuse and
+converts them to the driver's dict (packing.finalize).
+
+Topology-independent order: the global batch at step s is a pure function of
+(seed, data config, s). Every host runs the same global row stream and keeps
+rows [p*b, (p+1)*b) of each global batch (b = global_batch / process_count),
+so 1, 2 or 4 processes train on exactly the same batches, and the iterator
+state is the same on every host: a checkpoint written by 2 processes restores
+on 1 (maxlm/data/state.py reads it). Worker processes (data.worker_count) sit
+before packing, where Grain's round-robin over workers keeps the element order
+of worker_count=0, so the order does not depend on worker_count either.
+The cost of this simple design: every host reads, tokenizes and packs the
+whole global batch, i.e. process_count times the input work of one host's
+share (with prepared shards that is record reads and packing only, cheap next
+to a training step; with raw text on many hosts, prepare first).
 
 Rows are packed per source, so a row holds one domain, and mixing whole rows
 makes a source's token share its weight regardless of its document lengths.
-Every stage is a Grain iterator with get_state/set_state, so the returned
-iterator is saved and restored by grain.checkpoint.CheckpointSave/Restore.
+Every stage is a Grain iterator with get_state/set_state; the state is O(number
+of sources). Per-document reuse counts are a compact array per source kept by
+HostBatches and saved beside the checkpoint, never in the JSON state.
 """
 
 from __future__ import annotations
@@ -32,7 +47,9 @@ from maxlm.data import config as config_lib
 from maxlm.data import mixing
 from maxlm.data import online_mixing
 from maxlm.data import ordering
+from maxlm.data import reuse as reuse_lib
 from maxlm.data import packing
+from maxlm.data import shards as shards_lib
 from maxlm.data import sources as sources_lib
 from maxlm.data import tokenizer as tokenizer_lib
 
@@ -58,14 +75,22 @@ class Tokenize(grain.transforms.Map):
   """(text, doc_id) -> example dict of packing.FEATURES."""
   tokenizer_path: str
   domain_id: int
-  add_bos: bool = True
-  add_eos: bool = True
+  bos_id: int | None = tokenizer_lib.BOS_ID  # None = nothing prepended
+  eos_id: int | None = tokenizer_lib.EOS_ID  # None = nothing appended
 
   def map(self, element):
     text, doc_id = element[:2]
     ids = tokenizer_lib.load(self.tokenizer_path).encode(text)
-    ids = [tokenizer_lib.BOS_ID] * self.add_bos + ids + [tokenizer_lib.EOS_ID] * self.add_eos
+    ids = ([self.bos_id] if self.bos_id is not None else []) + ids + (
+        [self.eos_id] if self.eos_id is not None else [])
     return packing.to_example(np.asarray(ids, np.int32), self.domain_id, doc_id)
+
+
+def framing(data_config, tokenizer_path: str) -> tuple[int | None, int | None]:
+  """(bos, eos) ids that frame every document: the tokenizer's own specials,
+  each dropped when data.add_bos / data.add_eos is off."""
+  bos, eos = tokenizer_lib.special_ids(tokenizer_path)
+  return (bos if data_config.add_bos else None), (eos if data_config.add_eos else None)
 
 
 def plan_sources(data_config) -> list[SourcePlan]:
@@ -93,27 +118,6 @@ def plan_sources(data_config) -> list[SourcePlan]:
   return plans
 
 
-# Similarity-ordered sources are shared between hosts in runs of this many
-# neighbouring documents, so a host's documents still sit next to their kin.
-_SIMILARITY_RUN = 16
-
-
-def host_indices(n: int, order_by: str, process_index: int, process_count: int) -> list[int]:
-  """This host's disjoint share of n documents: strided (so every host walks
-  the same curriculum at the same pace), or in runs for similarity order."""
-  if order_by == "similarity":
-    runs = [range(i, min(n, i + _SIMILARITY_RUN)) for i in range(0, n, _SIMILARITY_RUN)]
-    return [i for run in runs[process_index::process_count] for i in run]
-  return list(range(process_index, n, process_count))
-
-
-def host_docs(plan: SourcePlan, process_index: int, process_count: int) -> list:
-  """host_indices applied to a raw source's training documents."""
-  idx = host_indices(len(plan.train), plan.config.get("order_by", ""), process_index,
-                     process_count)
-  return [plan.train[i] for i in idx]
-
-
 @dataclasses.dataclass(frozen=True)
 class Stream:
   """What the pipeline reads for one source and split: raw texts (tokenized
@@ -123,13 +127,14 @@ class Stream:
   weight: float
   config: dict
   items: object  # indexable: [(text, doc_id)] or an ArrayRecordDataSource
-  doc_ids: list  # global doc id of each item
+  num_docs: int  # len(items), known without touching them
+  id_range: tuple[int, int]  # [lo, hi) holding every doc id of the source
   to_example: grain.transforms.Map  # item -> packing.FEATURES dict
 
 
 @dataclasses.dataclass(frozen=True)
 class Gather(grain.transforms.Map):
-  """Index -> item of a stream (a host's documents in any order)."""
+  """Index -> item of a stream (documents in any order)."""
   items: object
 
   def map(self, i):
@@ -137,36 +142,48 @@ class Gather(grain.transforms.Map):
 
 
 def streams(data_config, *, tokenizer_path: str, split: str = "train") -> list[Stream]:
-  """One Stream per configured source, from data.prepared_dir if set."""
+  """One Stream per configured source, from data.prepared_dir if set (then
+  nothing reads the raw sources)."""
   c = data_config
+  bos, eos = framing(c, tokenizer_path)
   if c.get("prepared_dir"):
-    from maxlm.data import prepare  # pylint: disable=g-import-not-at-top
     config_lib.validate(c)
-    manifest = prepare.load_manifest(c.prepared_dir, tokenizer_path)
+    manifest = shards_lib.load_manifest(c.prepared_dir, tokenizer_path)
     domains = config_lib.domain_names(c)
     out = []
     for s in config_lib.iter_sources(c):
-      items, ids = prepare.split_source(c.prepared_dir, manifest, s["name"], split)
+      items, n = shards_lib.split_source(c.prepared_dir, manifest, s["name"], split)
       dom = domains.index(s["domain"])
-      out.append(Stream(s["name"], dom, s["weight"], s, items, ids,
-                        prepare.DecodeRecord(manifest["dtype"], dom, c.add_bos, c.add_eos)))
+      out.append(Stream(s["name"], dom, s["weight"], s, items, n,
+                        shards_lib.doc_id_range(manifest, s["name"]),
+                        shards_lib.DecodeRecord(manifest["dtype"], dom, bos, eos)))
     return out
   return [Stream(p.name, p.domain_id, p.weight, p.config, getattr(p, split),
-                 getattr(p, split).doc_ids,
-                 Tokenize(tokenizer_path, p.domain_id, c.add_bos, c.add_eos))
+                 len(getattr(p, split)), id_range(p),
+                 Tokenize(tokenizer_path, p.domain_id, bos, eos))
           for p in plan_sources(c)]
 
 
-def source_rows(st: Stream, data_config, *, seq_len: int, seed: int, process_index: int,
-                process_count: int) -> tuple[grain.IterDataset, list[int]]:
-  """One source's endless (or epoch-capped) packed rows on this host, and the
-  doc ids of the host's documents."""
+def id_range(plan: SourcePlan) -> tuple[int, int]:
+  """[lo, hi) of a planned source's doc ids (train and held out), read from
+  the ids alone where the plan keeps them apart from the texts."""
+  lo, hi = None, None
+  for split in (plan.train, plan.heldout):
+    ids = getattr(split, "doc_ids", None)
+    ids = np.asarray(ids if ids is not None else [d for _, d in split], np.int64)
+    if len(ids):
+      lo = int(ids.min()) if lo is None else min(lo, int(ids.min()))
+      hi = int(ids.max()) + 1 if hi is None else max(hi, int(ids.max()) + 1)
+  return lo, hi
+
+
+def source_rows(st: Stream, data_config, *, seq_len: int, seed: int) -> grain.IterDataset:
+  """One source's endless (or epoch-capped) packed rows: the same stream on
+  every host."""
   c, order_by = data_config, st.config.get("order_by", "")
-  idx = host_indices(len(st.doc_ids), order_by, process_index, process_count)
-  if not idx:
-    raise ValueError(f"data.sources.{st.name}: {len(st.doc_ids)} training documents "
-                     f"cannot be shared by {process_count} processes")
-  ds = grain.MapDataset.source(idx)
+  if not st.num_docs:
+    raise ValueError(f"data.sources.{st.name}: no training documents")
+  ds = grain.MapDataset.range(st.num_docs)
   if not order_by:
     ds = ds.shuffle(seed=_derive(seed, "shuffle", st.name))
   # A curriculum keeps its order, every epoch (no shuffle).
@@ -174,17 +191,16 @@ def source_rows(st: Stream, data_config, *, seq_len: int, seed: int, process_ind
   ds = ds.map(Gather(st.items)).map(st.to_example)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=c.read_threads,
                                             prefetch_buffer_size=4 * c.num_packing_bins))
+  if c.get("worker_count", 0):
+    # Reading and tokenizing run in worker processes. Worker k takes elements
+    # k, k+n, ... of the map dataset and Grain interleaves them round-robin,
+    # so the examples (and rows) come in the order of worker_count=0; mixing
+    # stays in this process so the schedule sees the true step.
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=c.worker_count))
   # Curriculum order must survive packing, so its bins are not shuffled.
-  rows = packing.pack(it, packing=c.packing, seq_len=seq_len, num_bins=c.num_packing_bins,
+  return packing.pack(it, packing=c.packing, seq_len=seq_len, num_bins=c.num_packing_bins,
                       seed=_derive(seed, "pack", st.name), long_doc_policy=c.long_doc_policy,
                       shuffle_bins=not order_by)
-  if c.get("worker_count", 0):
-    # Reading, tokenizing and packing run in worker processes (each takes a
-    # strided part of the host's documents); mixing stays in this process so
-    # the schedule sees the true step and reuse counts see every row. The row
-    # order differs from worker_count=0 but is deterministic and resumable.
-    rows = rows.mp_prefetch(grain.MultiprocessingOptions(num_workers=c.worker_count))
-  return rows, [st.doc_ids[i] for i in idx]
 
 
 def make_train_iterator(data_config, *, tokenizer_path: str, seq_len: int,
@@ -200,23 +216,17 @@ def make_train_iterator(data_config, *, tokenizer_path: str, seq_len: int,
     raise ValueError(f"global_batch={global_batch} is not divisible by "
                      f"process_count={process_count}")
   c = data_config
-  b = global_batch // process_count
   sts = streams(c, tokenizer_path=tokenizer_path)
   # Sources that are off at step 0 may be switched on by the schedule, so all
   # sources are built; the mixer never pulls from a weight-0 source.
-  rows, infos = [], []
-  for st in sts:
-    r, ids = source_rows(st, c, seq_len=seq_len, seed=seed, process_index=process_index,
-                         process_count=process_count)
-    rows.append(r)
-    infos.append(mixing.SourceInfo(st.name, tuple(ids)))
+  rows = [source_rows(st, c, seq_len=seq_len, seed=seed) for st in sts]
+  infos = [mixing.SourceInfo(st.name, st.num_docs) for st in sts]
   stages = mixing.make_stages([st.weight for st in sts], [st.name for st in sts],
                               online_mixing.schedule_for(c),  # data.schedule or a replay
                               tokens_per_step=global_batch * seq_len)
-  mixed = mixing.ScheduledMixIterDataset(rows, infos, stages, rows_per_step=b,
+  mixed = mixing.ScheduledMixIterDataset(rows, infos, stages, rows_per_step=global_batch,
                                          reuse_decay=c.get("reuse_decay", 1.0))
-  batched = mixed.batch(b, drop_remainder=True)
-  batched = batched.map(Finalize(keep_doc_ids))
+  batched = mixed.batch(global_batch, drop_remainder=True)
   online = bool((c.get("online_mixing") or {}).get("rule"))
   if online and c.prefetch_batches:
     # Online weights apply from the next step; a batch drawn ahead would miss them.
@@ -224,15 +234,9 @@ def make_train_iterator(data_config, *, tokenizer_path: str, seq_len: int,
   if c.prefetch_batches and not online:
     batched = grain.experimental.ThreadPrefetchIterDataset(
         batched, prefetch_buffer_size=c.prefetch_batches)
-  return iter(batched)
-
-
-@dataclasses.dataclass(frozen=True)
-class Finalize(grain.transforms.Map):
-  keep_doc_ids: bool = False
-
-  def map(self, element):
-    return packing.finalize(element, self.keep_doc_ids)
+  return iter(reuse_lib.HostBatches(
+      batched, [(st.name,) + tuple(st.id_range) for st in sts],
+      process_index=process_index, process_count=process_count, keep_doc_ids=keep_doc_ids))
 
 
 def make_eval_batches(data_config, *, tokenizer_path: str, seq_len: int,
@@ -253,8 +257,8 @@ def make_eval_batches(data_config, *, tokenizer_path: str, seq_len: int,
   out = {}
   held = streams(c, tokenizer_path=tokenizer_path, split="heldout")
   for dom_id, dom in enumerate(domains):
-    parts = [grain.MapDataset.source(list(range(len(st.doc_ids)))).map(Gather(st.items))
-             .map(st.to_example) for st in held if st.domain_id == dom_id and len(st.doc_ids)]
+    parts = [grain.MapDataset.range(st.num_docs).map(Gather(st.items))
+             .map(st.to_example) for st in held if st.domain_id == dom_id and st.num_docs]
     if not parts:
       continue
     ds = grain.MapDataset.concatenate(parts) if len(parts) > 1 else parts[0]

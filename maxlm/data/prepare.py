@@ -1,95 +1,134 @@
-r"""Tokenize once: sources -> ArrayRecord token shards with a manifest.
+r"""Tokenize once on Apache Beam: sources -> ArrayRecord token shards + manifest.
 
   python -m maxlm.data.prepare --config=configs/data_mixture.py:three_domains \
-      --tokenizer=/tmp/tok.model --out=/tmp/shards --workers=2
+      --tokenizer=/tmp/tok.model --out=/tmp/shards            # local, all cores
+  python -m maxlm.data.prepare --config=... --tokenizer=... --out=/shared/shards \
+      --runner=FlinkRunner --flink_master=host:8081 --environment_type=LOOPBACK
   python -m maxlm.train --config=configs/pretrain.py:tiny --workdir=/tmp/run \
       --config.data.tokenizer.path=/tmp/tok.model --config.data.prepared_dir=/tmp/shards
 
-Layout of --out:
-  manifest.json                   tokenizer sha256, per source: domain, shards,
-                                  documents, tokens; per domain: tokens
-  <source>/train-00003.array_record   one record per document (curriculum
-  <source>/train-00003.json           order if configured), + its summary
-  <source>/heldout-00000.array_record held-out documents, same split as raw
+Flags prepare does not know are Beam pipeline options. Without --runner it is
+Beam's FnApiRunner with one process per core (multi_processing mode, as
+maxlm.curate runs; DirectRunner's default Prism runner downloads a binary and
+fails offline). A cluster runner needs --out on a filesystem every worker sees
+(the shards are written by the workers with ArrayRecord's file writer).
 
-A record is <int64 doc_id><tokens as uint16 (V <= 65536) or uint32>,
-little-endian, without <s> / </s> (added when reading, per data.add_bos/eos).
+What happens:
+  1. The sources are planned as for training (pipeline.plan_sources: the same
+     held-out split by a stable hash of each document's key, the same
+     curriculum order, the same global doc ids), so training from shards sees
+     exactly the batches training from raw text would.
+  2. Each split is cut into shards of a target size in tokens
+     (`shard_tokens`, 16M tokens = 32 MB at uint16 by default): the documents
+     per shard are fixed from a sample of the source (or `docs_per_shard`) and
+     saved in prepare_plan.json, so a rerun cuts identically.
+  3. Beam writes the missing shards in parallel: a worker re-plans only the
+     source it needs (once per process) and tokenizes its shard's documents in
+     one batch call. Layout and record format: maxlm/data/shards.py.
+  4. The manifest lists every shard with its document and token counts;
+     errors.json keeps the bad-input report for training runs that never see
+     the raw files.
 
-Why ArrayRecord: Grain reads it natively (ArrayRecordDataSource: random access
-by index, so global shuffle, host sharding and exact resume cost nothing), and
-a document is one variable-length record; tensorstore/zarr would want fixed
-chunks and an offsets array beside them.
+Memory: a worker holds one source's plan (today: its texts; with the lazy
+document index of maxlm.data.sources, byte offsets only) and one shard.
 
 Resumable: a shard is written to a temporary name and renamed, then its .json
-is written; a shard whose .json exists (with the same tokenizer hash) is not
-redone. Shards run in parallel worker processes with a progress bar.
+summary (the "done" marker) is written; a rerun writes only shards without a
+summary, so a killed prepare loses nothing it finished and a rerun produces
+byte-identical shards and manifest.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import multiprocessing
 import os
-import struct
+import threading
 import time
 
-import grain
-import numpy as np
-
+from maxlm.data import config as config_lib
+from maxlm.data import pipeline
+from maxlm.data import shards as shards_lib
 from maxlm.data import tokenizer as tokenizer_lib
 
-_DOCS_PER_SHARD = 256
-_HEADER = struct.Struct("<q")
+SHARD_TOKENS = 16_000_000  # default target tokens per shard (32 MB of uint16)
+PLAN = "prepare_plan.json"
+_SAMPLE_DOCS = 64  # documents tokenized to estimate tokens per document
+_ENCODE_BATCH = 512  # documents per SentencePiece batch call while writing a shard
 
 
 @dataclasses.dataclass(frozen=True)
 class _Task:
+  """One shard: documents [start, stop) of a source's split."""
   path: str  # shard path without extension
   tokenizer_path: str
   tokenizer_sha: str
   dtype: str
-  docs: list  # [(text, doc_id)]
+  source: dict  # the source's config entry (for re-planning on a worker)
+  data_config: dict  # fields plan_sources reads besides the sources
+  offset: int  # the source's first global doc id (a worker plans it alone, from 0)
+  split: str
+  start: int
+  stop: int
 
 
 def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
-            docs_per_shard: int = _DOCS_PER_SHARD, progress: bool = True) -> dict:
-  """Writes (or completes) the shards and manifest; returns the manifest."""
-  from maxlm.data import pipeline  # pylint: disable=g-import-not-at-top  (cycle)
+            docs_per_shard: int = 0, shard_tokens: int = SHARD_TOKENS,
+            progress: bool = True, beam_args=None) -> dict:
+  """Writes (or completes) the shards and manifest; returns the manifest.
+
+  workers=1 and no beam_args: in this process. Otherwise a Beam pipeline
+  (beam_args: Beam pipeline flags; workers: local processes, 0 = all cores).
+  """
   sha = tokenizer_lib.tokenizer_hash(tokenizer_path)
   vocab = tokenizer_lib.load(tokenizer_path).vocab_size()
   dtype = "<u2" if vocab <= 1 << 16 else "<u4"
-  old = os.path.join(out_dir, "manifest.json")
-  if os.path.exists(old) and json.load(open(old))["tokenizer_sha256"] != sha:
+  old = os.path.join(out_dir, shards_lib.MANIFEST)
+  if os.path.exists(old) and _read_json(old)["tokenizer_sha256"] != sha:
     raise ValueError(f"{out_dir} holds shards of another tokenizer; use a new --out")
+  os.makedirs(out_dir, exist_ok=True)
+  plans = pipeline.plan_sources(data_config)
+  _write_errors(out_dir, data_config)
+  cut = _shard_plan(out_dir, plans, tokenizer_path, sha, docs_per_shard, shard_tokens)
   tasks, layout = [], {}
-  for plan in pipeline.plan_sources(data_config):
+  base = _plan_fields(data_config)
+  for plan in plans:
     os.makedirs(os.path.join(out_dir, plan.name), exist_ok=True)
-    layout[plan.name] = dict(domain=plan.config["domain"], train=[], heldout=[])
-    for split, docs in (("train", plan.train), ("heldout", plan.heldout)):
-      for k in range(0, len(docs), docs_per_shard):
-        rel = os.path.join(plan.name, f"{split}-{k // docs_per_shard:05d}")
+    lo, hi = pipeline.id_range(plan)
+    layout[plan.name] = dict(domain=plan.config["domain"], train=[], heldout=[],
+                             doc_id_range=[lo, hi])
+    per = cut[plan.name]
+    for split in ("train", "heldout"):
+      n = len(getattr(plan, split))
+      for k, a in enumerate(range(0, n, per)):
+        rel = os.path.join(plan.name, f"{split}-{k:05d}")
         layout[plan.name][split].append(rel)
         tasks.append(_Task(os.path.join(out_dir, rel), tokenizer_path, sha, dtype,
-                           docs[k:k + docs_per_shard]))
+                           dict(plan.config), base, lo, split, a, min(n, a + per)))
   todo = [t for t in tasks if not _done(t)]
-  t0, n_tok = time.time(), 0
+  for name in layout:  # half-written files of a killed run; their shards are redone
+    for f in os.listdir(os.path.join(out_dir, name)):
+      if ".tmp" in f:
+        os.remove(os.path.join(out_dir, name, f))
+  t0 = time.time()
   bar = None
   if progress:
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="prepare", unit="shard")
-  if workers > 1 and len(todo) > 1:
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-      for n in pool.imap_unordered(_write_shard, todo):
-        n_tok += n
-        bar and bar.update(1)
-  else:
+  if not todo:
+    pass
+  elif workers == 1 and not beam_args:
+    local = {p.name: p for p in plans}
     for t in todo:
-      n_tok += _write_shard(t)
+      _write_shard(t, getattr(local[t.source["name"]], t.split))
       bar and bar.update(1)
+  else:
+    _run_beam(todo, workers, beam_args or (), bar)
   bar and bar.close()
   manifest = _manifest(out_dir, layout, tokenizer_path, sha, vocab, dtype)
-  manifest["last_run"] = dict(shards_written=len(todo), tokens=n_tok,
+  written = [_read_json(t.path + ".json") for t in todo]
+  manifest["last_run"] = dict(shards_written=len(todo), tokens=sum(m["tokens"] for m in written),
                               seconds=round(time.time() - t0, 2))
   tmp = old + ".tmp"
   with open(tmp, "w") as f:
@@ -98,41 +137,162 @@ def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
   return manifest
 
 
+def _plan_fields(data_config) -> dict:
+  """The data config without its sources (a worker plans one source)."""
+  d = data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config)
+  return {k: v for k, v in d.items() if k not in ("sources", "schedule")}
+
+
+def _shard_plan(out_dir, plans, tokenizer_path, sha, docs_per_shard, shard_tokens) -> dict:
+  """Documents per shard for each source, fixed at the first run (so a rerun
+  with other defaults still completes the same cut)."""
+  path = os.path.join(out_dir, PLAN)
+  if os.path.exists(path):
+    saved = _read_json(path)
+    if saved["tokenizer_sha256"] == sha and set(saved["docs_per_shard"]) == {p.name for p in plans}:
+      return saved["docs_per_shard"]
+  sp = tokenizer_lib.load(tokenizer_path)
+  cut = {}
+  for plan in plans:
+    if docs_per_shard:
+      cut[plan.name] = int(docs_per_shard)
+      continue
+    sample = [plan.train[i][0] for i in range(min(_SAMPLE_DOCS, len(plan.train)))]
+    per_doc = max(1.0, sum(len(x) for x in sp.encode(sample)) / max(1, len(sample)))
+    cut[plan.name] = max(1, int(shard_tokens / per_doc))
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(dict(tokenizer_sha256=sha, docs_per_shard=cut), f, indent=2)
+  os.replace(tmp, path)
+  return cut
+
+
 def _done(t: _Task) -> bool:
   try:
-    with open(t.path + ".json") as f:
-      return json.load(f)["tokenizer_sha256"] == t.tokenizer_sha
+    return _read_json(t.path + ".json")["tokenizer_sha256"] == t.tokenizer_sha
   except (OSError, ValueError, KeyError):
     return False
 
 
-def _write_shard(t: _Task) -> int:
+def _write_shard(t: _Task, docs) -> int:
+  """Writes documents [t.start, t.stop) of `docs` (a plan split); returns tokens."""
   from array_record.python import array_record_module as arm  # pylint: disable=g-import-not-at-top
   sp = tokenizer_lib.load(t.tokenizer_path)
   tmp = f"{t.path}.array_record.tmp{os.getpid()}"
   # group_size:1 = every record separately addressable (fast random access).
   w = arm.ArrayRecordWriter(tmp, "group_size:1")
-  ids, n_tok = [], 0
-  for (text, doc_id), toks in zip(t.docs, sp.encode([d[0] for d in t.docs])):
-    w.write(_HEADER.pack(doc_id) + np.asarray(toks, t.dtype).tobytes())
-    ids.append(doc_id)
-    n_tok += len(toks)
+  n_tok = 0
+  # Documents stream through in batches: a shard of 16M tokens never sits in
+  # memory as Python lists (36 bytes a token), only one batch does.
+  for a in range(t.start, t.stop, _ENCODE_BATCH):
+    items = [docs[i] for i in range(a, min(t.stop, a + _ENCODE_BATCH))]
+    for (_, doc_id), toks in zip(items, sp.encode([text for text, _ in items])):
+      w.write(shards_lib.encode_record(doc_id, toks, t.dtype))
+      n_tok += len(toks)
   w.close()
   os.replace(tmp, t.path + ".array_record")
+  # The summary marks the shard done (written last); ids live in the records.
   with open(t.path + ".json.tmp", "w") as f:
-    json.dump(dict(tokenizer_sha256=t.tokenizer_sha, docs=len(ids), tokens=n_tok,
-                   doc_ids=ids), f)
+    json.dump(dict(tokenizer_sha256=t.tokenizer_sha, docs=len(items), tokens=n_tok), f)
   os.replace(t.path + ".json.tmp", t.path + ".json")
   return n_tok
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_plan(source_json: str, fields_json: str):
+  """A worker's plan of one source (ids shifted by the caller's offset)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  c = ml_collections.ConfigDict(json.loads(fields_json))
+  src = json.loads(source_json)
+  c.sources = ml_collections.ConfigDict({src["name"]: {k: v for k, v in src.items()
+                                                         if k != "name"}})
+  c.schedule = ()
+  (plan,) = pipeline.plan_sources(c)
+  return plan
+
+
+class _Shifted:
+  """A plan split whose doc ids start at `offset` (a worker plans one source)."""
+
+  def __init__(self, docs, offset):
+    self._docs, self._offset = docs, offset
+
+  def __getitem__(self, i):
+    text, d = self._docs[i]
+    return text, d + self._offset
+
+
+def _beam_write(t: _Task) -> str:
+  plan = _worker_plan(json.dumps(t.source, sort_keys=True, default=list),
+                      json.dumps(t.data_config, sort_keys=True, default=list))
+  _write_shard(t, _Shifted(getattr(plan, t.split), t.offset))
+  return t.path
+
+
+def _run_beam(todo: list[_Task], workers: int, beam_args, bar) -> None:
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  options, runner = pipeline_options(beam_args, workers)
+  # Workers of the local runner are fresh interpreters: they must find maxlm.
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  os.environ["PYTHONPATH"] = os.pathsep.join(
+      [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+  stop = threading.Event()
+
+  def watch():  # the bar counts summaries as workers finish shards
+    seen = 0
+    while not stop.wait(0.5):
+      n = sum(_done(t) for t in todo)
+      bar.update(n - seen)
+      seen = n
+    bar.update(sum(_done(t) for t in todo) - seen)
+
+  watcher = threading.Thread(target=watch, daemon=True) if bar is not None else None
+  watcher and watcher.start()
+  try:
+    with beam.Pipeline(runner=runner, options=options) as p:
+      _ = (p | "shards" >> beam.Create(todo)
+           | "spread" >> beam.Reshuffle()
+           | "write" >> beam.Map(_beam_write))
+  finally:
+    stop.set()
+    watcher and watcher.join()
+  missing = [t.path for t in todo if not _done(t)]
+  if missing:
+    raise RuntimeError(f"prepare: {len(missing)} shards were not written, e.g. {missing[0]}")
+
+
+def pipeline_options(beam_args, num_workers: int = 0):
+  """Options and runner, as maxlm.curate.pipeline.pipeline_options: without
+  --runner, the FnApiRunner in multi_processing mode, one process per core."""
+  from apache_beam.options.pipeline_options import (  # pylint: disable=g-import-not-at-top
+      DirectOptions, PipelineOptions, StandardOptions)
+  options = PipelineOptions(list(beam_args))
+  runner = options.view_as(StandardOptions).runner
+  if runner in (None, "DirectRunner", "FnApiRunner"):
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner  # pylint: disable=g-import-not-at-top
+    direct = options.view_as(DirectOptions)
+    if "--direct_running_mode" not in " ".join(beam_args):
+      direct.direct_running_mode = "multi_processing"
+    if not direct.direct_num_workers:
+      direct.direct_num_workers = num_workers or os.cpu_count() or 1
+    return options, FnApiRunner()
+  return options, None
+
+
+def _read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
 
 
 def _manifest(out_dir, layout, tokenizer_path, sha, vocab, dtype) -> dict:
   sources, domains = {}, {}
   for name, lay in layout.items():
-    entry = dict(domain=lay["domain"])
+    entry = dict(domain=lay["domain"], doc_id_range=lay["doc_id_range"])
     for split in ("train", "heldout"):
-      metas = [json.load(open(os.path.join(out_dir, rel + ".json"))) for rel in lay[split]]
+      metas = [_read_json(os.path.join(out_dir, rel + ".json")) for rel in lay[split]]
       entry[split] = dict(shards=[rel + ".array_record" for rel in lay[split]],
+                          shard_docs=[m["docs"] for m in metas],
+                          shard_tokens=[m["tokens"] for m in metas],
                           docs=sum(m["docs"] for m in metas),
                           tokens=sum(m["tokens"] for m in metas))
     sources[name] = entry
@@ -141,77 +301,62 @@ def _manifest(out_dir, layout, tokenizer_path, sha, vocab, dtype) -> dict:
               vocab_size=vocab, dtype=dtype, sources=sources, train_tokens_per_domain=domains)
 
 
-# ------------------------------------------------------------------ reading
-
-def load_manifest(prepared_dir: str, tokenizer_path: str) -> dict:
-  """The manifest, after checking it was made with this tokenizer."""
-  path = os.path.join(prepared_dir, "manifest.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"data.prepared_dir={prepared_dir!r} has no manifest.json; "
-                            "run `python -m maxlm.data.prepare` first")
-  with open(path) as f:
-    manifest = json.load(f)
-  sha = tokenizer_lib.tokenizer_hash(tokenizer_path)
-  if manifest["tokenizer_sha256"] != sha:
-    raise ValueError(
-        f"tokenizer mismatch: the shards in {prepared_dir} were made with tokenizer "
-        f"sha256 {manifest['tokenizer_sha256'][:16]}... ({manifest['tokenizer_path']}) but "
-        f"this run uses {tokenizer_path} (sha256 {sha[:16]}...). Set "
-        "data.tokenizer.path to the shards' tokenizer, or re-run prepare.")
-  return manifest
+def _write_errors(out_dir: str, data_config) -> None:
+  """Bad input met while reading the sources, kept for the training run's
+  report (training from shards never reads the raw files)."""
+  from maxlm.data import sources as sources_lib  # pylint: disable=g-import-not-at-top
+  out = {}
+  for s in config_lib.iter_sources(data_config):
+    _, errors = sources_lib.cached_documents(s, data_config.get("error_budget", -1))
+    out[s["name"]] = dict(total=errors.total, report=errors.report())
+  tmp = os.path.join(out_dir, shards_lib.ERRORS + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(out, f, indent=2)
+  os.replace(tmp, os.path.join(out_dir, shards_lib.ERRORS))
 
 
-def split_source(prepared_dir: str, manifest: dict, name: str, split: str):
-  """(ArrayRecordDataSource, doc ids in record order) of one source's split."""
-  if name not in manifest["sources"]:
-    raise ValueError(f"data.prepared_dir={prepared_dir!r} has no source {name!r} "
-                     f"(it has {sorted(manifest['sources'])}); re-run prepare")
-  shards = manifest["sources"][name][split]["shards"]
-  ids = []
-  for s in shards:
-    with open(os.path.join(prepared_dir, s[:-len(".array_record")] + ".json")) as f:
-      ids += json.load(f)["doc_ids"]
-  if not shards:
-    return [], ids
-  return grain.sources.ArrayRecordDataSource([os.path.join(prepared_dir, s) for s in shards]), ids
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeRecord(grain.transforms.Map):
-  """A shard record -> example dict of packing.FEATURES."""
-  dtype: str
-  domain_id: int
-  add_bos: bool = True
-  add_eos: bool = True
-
-  def map(self, record: bytes):
-    from maxlm.data import packing  # pylint: disable=g-import-not-at-top
-    (doc_id,) = _HEADER.unpack_from(record)
-    toks = np.frombuffer(record, self.dtype, offset=_HEADER.size).astype(np.int32)
-    parts = ([[tokenizer_lib.BOS_ID]] if self.add_bos else []) + [toks] + (
-        [[tokenizer_lib.EOS_ID]] if self.add_eos else [])
-    return packing.to_example(np.concatenate(parts).astype(np.int32), self.domain_id, doc_id)
+# Kept importable from here (older callers): the reader lives in shards.py.
+load_manifest = shards_lib.load_manifest
+split_source = shards_lib.split_source
+DecodeRecord = shards_lib.DecodeRecord
 
 
 def main(argv):
-  del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
   cfg = flags.FLAGS.config
   data_config = cfg.data if "data" in cfg else cfg
-  m = prepare(data_config, flags.FLAGS.tokenizer, flags.FLAGS.out, workers=flags.FLAGS.workers)
+  f = flags.FLAGS
+  m = prepare(data_config, f.tokenizer, f.out, workers=f.workers, docs_per_shard=f.docs_per_shard,
+              shard_tokens=f.shard_tokens, beam_args=argv[1:] or None,
+              progress=f.progress)
   for name, s in m["sources"].items():
     print(f"{name:16s} {s['domain']:10s} {s['train']['docs']:8d} docs {s['train']['tokens']:12d} "
-          f"tokens ({len(s['train']['shards'])} shards), held out {s['heldout']['docs']} docs")
-  print(f"manifest: {os.path.join(flags.FLAGS.out, 'manifest.json')}")
+          f"tokens ({len(s['train']['shards'])} shards), held out {s['heldout']['docs']} docs "
+          f"({len(s['heldout']['shards'])} shards)")
+  total = sum(len(s[k]["shards"]) for s in m["sources"].values() for k in ("train", "heldout"))
+  print(f"{total} shards ({m['last_run']['shards_written']} written now); "
+        f"manifest: {os.path.join(f.out, shards_lib.MANIFEST)}")
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top,ungrouped-imports
+  import sys  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top,ungrouped-imports
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file("config", None, "Stage or data config file[:arg].",
                                   lock_config=True)
   flags.DEFINE_string("tokenizer", None, "SentencePiece .model to tokenize with.")
   flags.DEFINE_string("out", None, "Output directory (resumable).")
-  flags.DEFINE_integer("workers", 1, "Worker processes.")
-  flags.mark_flags_as_required(["config", "tokenizer", "out"])
-  app.run(main)
+  flags.DEFINE_integer("workers", 0, "Local worker processes (0 = all cores; 1 and no Beam "
+                       "flags = in this process).")
+  flags.DEFINE_integer("shard_tokens", SHARD_TOKENS, "Target tokens per shard.")
+  flags.DEFINE_integer("docs_per_shard", 0, "Documents per shard (0 = from shard_tokens).")
+  flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+  # Flags prepare does not define are Beam pipeline options.
+  rest = flags.FLAGS(sys.argv, known_only=True)
+  if not (flags.FLAGS.tokenizer and flags.FLAGS.out and flags.FLAGS.config is not None):
+    sys.exit("usage: python -m maxlm.data.prepare --config=CFG --tokenizer=TOK --out=DIR "
+             "[Beam pipeline flags]")
+  # Run the importable module's main: Beam workers unpickle its _Task and
+  # functions by module name, which __main__ is not.
+  from maxlm.data import prepare as prepare_module  # pylint: disable=g-import-not-at-top
+  prepare_module.main(rest)

@@ -141,6 +141,18 @@ def _load(path: str, mtime_ns: int, size: int) -> spm.SentencePieceProcessor:
   return spm.SentencePieceProcessor(model_file=path)
 
 
+def special_ids(path: str) -> tuple[int | None, int | None]:
+  """(bos_id, eos_id) of the tokenizer at `path`, for framing documents.
+
+  Stub (owner: openmodels, see coord/OWNERS.md) until the multi-format loader
+  lands: SentencePiece models trained here use BOS_ID / EOS_ID; a model that
+  defines its own (-1 = none) is read from the file.
+  """
+  sp = load(path)
+  bos, eos = sp.bos_id(), sp.eos_id()
+  return (bos if bos >= 0 else None), (eos if eos >= 0 else None)
+
+
 def tokenizer_hash(path: str) -> str:
   with open(path, "rb") as f:
     return hashlib.sha256(f.read()).hexdigest()

@@ -1,0 +1,115 @@
+"""Reading tokenize-once shards: the manifest, one source's split, a record.
+
+`python -m maxlm.data.prepare` writes them; the training pipeline reads them.
+Both import this module (and only this one) for the format, so the writer
+and the reader can never disagree about it.
+
+Layout of a prepared directory:
+  manifest.json        tokenizer sha256, dtype, vocab size; per source: domain,
+                       doc_id_range [lo, hi) and per split (train / heldout):
+                       shards (paths), shard_docs, shard_tokens, docs, tokens
+  errors.json          bad input prepare met, per file and kind (the run's
+                       data_errors.txt comes from here: training never reads
+                       the raw sources)
+  <source>/<split>-00003.array_record
+
+A record is <int64 doc_id><tokens as uint16 (V <= 65536) or uint32>,
+little-endian, without <s> / </s> (added when reading, per data.add_bos/eos),
+so the document id travels inside its record and no id list is ever loaded.
+
+Opening a source costs O(shards), never O(documents): the manifest already
+holds each shard's document count, and Grain's ArrayRecordDataSource reads
+records by global index on demand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+
+import grain
+import numpy as np
+
+from maxlm.data import packing
+from maxlm.data import tokenizer as tokenizer_lib
+
+HEADER = struct.Struct("<q")
+MANIFEST = "manifest.json"
+ERRORS = "errors.json"
+
+
+def encode_record(doc_id: int, tokens, dtype: str) -> bytes:
+  return HEADER.pack(int(doc_id)) + np.asarray(tokens, dtype).tobytes()
+
+
+def decode_record(record: bytes, dtype: str) -> tuple[int, np.ndarray]:
+  """(doc_id, tokens) of one record."""
+  (doc_id,) = HEADER.unpack_from(record)
+  return doc_id, np.frombuffer(record, dtype, offset=HEADER.size)
+
+
+def load_manifest(prepared_dir: str, tokenizer_path: str) -> dict:
+  """The manifest, after checking it was made with this tokenizer."""
+  path = os.path.join(prepared_dir, MANIFEST)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"data.prepared_dir={prepared_dir!r} has no {MANIFEST}; "
+                            "run `python -m maxlm.data.prepare` first")
+  with open(path) as f:
+    manifest = json.load(f)
+  sha = tokenizer_lib.tokenizer_hash(tokenizer_path)
+  if manifest["tokenizer_sha256"] != sha:
+    raise ValueError(
+        f"tokenizer mismatch: the shards in {prepared_dir} were made with tokenizer "
+        f"sha256 {manifest['tokenizer_sha256'][:16]}... ({manifest['tokenizer_path']}) but "
+        f"this run uses {tokenizer_path} (sha256 {sha[:16]}...). Set "
+        "data.tokenizer.path to the shards' tokenizer, or re-run prepare.")
+  return manifest
+
+
+def split_source(prepared_dir: str, manifest: dict, name: str, split: str):
+  """(records, number of documents) of one source's split.
+
+  `records` is indexable by the document's position in the split (an
+  ArrayRecordDataSource over the split's shards, or [] when it has none).
+  """
+  if name not in manifest["sources"]:
+    raise ValueError(f"data.prepared_dir={prepared_dir!r} has no source {name!r} "
+                     f"(it has {sorted(manifest['sources'])}); re-run prepare")
+  entry = manifest["sources"][name][split]
+  if not entry["shards"]:
+    return [], 0
+  paths = [os.path.join(prepared_dir, s) for s in entry["shards"]]
+  return grain.sources.ArrayRecordDataSource(paths), int(entry["docs"])
+
+
+def doc_id_range(manifest: dict, name: str) -> tuple[int, int]:
+  """[lo, hi) of the source's document ids (train and held out)."""
+  lo, hi = manifest["sources"][name]["doc_id_range"]
+  return int(lo), int(hi)
+
+
+def load_errors(prepared_dir: str) -> dict:
+  """{source: {"total": n, "report": str}} recorded by prepare ({} if none)."""
+  path = os.path.join(prepared_dir, ERRORS)
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeRecord(grain.transforms.Map):
+  """A shard record -> example dict of packing.FEATURES, framed by bos/eos
+  (None = the tokenizer has none: nothing added)."""
+  dtype: str
+  domain_id: int
+  bos_id: int | None = tokenizer_lib.BOS_ID
+  eos_id: int | None = tokenizer_lib.EOS_ID
+
+  def map(self, record: bytes):
+    doc_id, toks = decode_record(record, self.dtype)
+    parts = ([[self.bos_id]] if self.bos_id is not None else []) + [toks.astype(np.int32)] + (
+        [[self.eos_id]] if self.eos_id is not None else [])
+    return packing.to_example(np.concatenate(parts).astype(np.int32), self.domain_id, doc_id)
