@@ -117,7 +117,7 @@ def _rows(source: int, seq_len: int = 8):
 
 def _mixer():
   from maxlm.data import mixing
-  infos = [mixing.SourceInfo(n, tuple(1000 * i + k for k in range(50))) for i, n in enumerate("ab")]
+  infos = [mixing.SourceInfo(n, 50) for n in "ab"]
   ds = mixing.ScheduledMixIterDataset([_rows(0), _rows(1)], infos,
                                       mixing.make_stages([0.5, 0.5], ["a", "b"], (), 1),
                                       rows_per_step=10)

@@ -31,6 +31,11 @@ class DataStateMismatch(ValueError):
   """The saved data state cannot be mapped onto this run (not corruption)."""
 
 
+def _saved_count(path: str) -> str:
+  """The process count in a 'process_<i>-of-<n>.json' name."""
+  return os.path.basename(path)[:-len(".json")].rsplit("-of-", 1)[-1]
+
+
 def _is_global(state) -> bool:
   return isinstance(state, dict) and state.get(reuse.STATE_KEY, {}).get(
       "topology_independent", False)
@@ -64,7 +69,7 @@ class CheckpointHandler(ocp.CheckpointHandler):
       state = json.load(f)
     if path != own and not _is_global(state):
       raise DataStateMismatch(
-          f"data state in {directory} was saved by {os.path.basename(path)[8:-5]} processes "
+          f"data state in {directory} was saved by {_saved_count(path)} processes "
           f"and is per-host; it cannot be mapped onto {n} processes")
     it.set_state(state)
     if hasattr(it, "load_counts"):
