@@ -57,7 +57,8 @@ class Tokenize(grain.transforms.Map):
   def map(self, element):
     text, doc_id = element[:2]
     ids = tokenizer_lib.load(self.tokenizer_path).encode(text)
-    ids = [tokenizer_lib.BOS_ID] * self.add_bos + ids + [tokenizer_lib.EOS_ID] * self.add_eos
+    bos, eos = tokenizer_lib.special_ids(self.tokenizer_path)  # the tokenizer's, not maxlm's
+    ids = [bos] * (self.add_bos and bos is not None) + ids + [eos] * (self.add_eos and eos is not None)
     return packing.to_example(np.asarray(ids, np.int32), self.domain_id, doc_id)
 
 
@@ -142,7 +143,8 @@ def streams(data_config, *, tokenizer_path: str, split: str = "train") -> list[S
       items, ids = prepare.split_source(c.prepared_dir, manifest, s["name"], split)
       dom = domains.index(s["domain"])
       out.append(Stream(s["name"], dom, s["weight"], s, items, ids,
-                        prepare.DecodeRecord(manifest["dtype"], dom, c.add_bos, c.add_eos)))
+                        prepare.DecodeRecord(manifest["dtype"], dom, c.add_bos, c.add_eos,
+                                             tokenizer_path)))
     return out
   return [Stream(p.name, p.domain_id, p.weight, p.config, getattr(p, split),
                  [d for _, d in getattr(p, split)],

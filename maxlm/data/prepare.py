@@ -57,7 +57,7 @@ def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
   """Writes (or completes) the shards and manifest; returns the manifest."""
   from maxlm.data import pipeline  # pylint: disable=g-import-not-at-top  (cycle)
   sha = tokenizer_lib.tokenizer_hash(tokenizer_path)
-  vocab = tokenizer_lib.load(tokenizer_path).vocab_size()
+  vocab = tokenizer_lib.load(tokenizer_path).vocab_size
   dtype = "<u2" if vocab <= 1 << 16 else "<u4"
   old = os.path.join(out_dir, "manifest.json")
   if os.path.exists(old) and json.load(open(old))["tokenizer_sha256"] != sha:
@@ -183,13 +183,15 @@ class DecodeRecord(grain.transforms.Map):
   domain_id: int
   add_bos: bool = True
   add_eos: bool = True
+  tokenizer_path: str = ""  # BOS/EOS are this tokenizer's (special_ids)
 
   def map(self, record: bytes):
     from maxlm.data import packing  # pylint: disable=g-import-not-at-top
     (doc_id,) = _HEADER.unpack_from(record)
     toks = np.frombuffer(record, self.dtype, offset=_HEADER.size).astype(np.int32)
-    parts = ([[tokenizer_lib.BOS_ID]] if self.add_bos else []) + [toks] + (
-        [[tokenizer_lib.EOS_ID]] if self.add_eos else [])
+    bos, eos = tokenizer_lib.special_ids(self.tokenizer_path)
+    parts = ([[bos]] if self.add_bos and bos is not None else []) + [toks] + (
+        [[eos]] if self.add_eos and eos is not None else [])
     return packing.to_example(np.concatenate(parts).astype(np.int32), self.domain_id, doc_id)
 
 

@@ -104,6 +104,33 @@ def score_continuations(model_config, params, requests: Sequence[tuple[Sequence[
   return out
 
 
+def encode_pair(encode, context: str, continuation: str, prefix: Sequence[int]
+                ) -> tuple[list[int], list[int]]:
+  """(context ids, continuation ids) as lm-eval's `hf` model tokenizes a request.
+
+  Trailing whitespace of the context moves into the continuation; then
+  context + continuation is encoded as ONE string and the continuation is its
+  tail after the context's ids. Encoding the continuation alone would differ
+  for tokenizers whose pieces carry a leading-space marker (SentencePiece's
+  dummy prefix, Metaspace): "cat" alone is "▁cat", but after "the" it is
+  "cat" (mid-word) or "▁cat". `prefix` (BOS, or nothing) leads the
+  context; an empty context is conditioned on prefix[0] alone, as lm-eval's
+  `prefix_token_id`, unless the continuation already starts with that id.
+  """
+  prefix = list(prefix)
+  if not context:
+    cont = list(encode(continuation))
+    if cont and prefix and cont[0] == prefix[0]:
+      return cont[:1], cont[1:]
+    return prefix[:1], cont
+  n_space = len(context) - len(context.rstrip())
+  if n_space:
+    context, continuation = context[:-n_space], context[-n_space:] + continuation
+  ctx = prefix + list(encode(context)) if context else list(prefix)
+  whole = prefix + list(encode(context + continuation))
+  return ctx, whole[len(ctx):]
+
+
 def rolling_windows(ids: Sequence[int], max_len: int, prefix_id: int) -> list[tuple[list, list]]:
   """(context, continuation) windows that score every token of `ids` exactly once.
 
