@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from maxlm import checkpoint as checkpoint_lib
+from maxlm.data import tokenizer as tokenizer_lib
 from maxlm.model import ModelConfig, init_params
 from maxlm.model import decode as decode_lib
 from maxlm.model.transformer import forward_with_cache
@@ -181,7 +182,7 @@ def generate_text(model_config, params, tokenizer, prompts: Sequence[str], *,
                   stop: Sequence[str] = (), add_bos: bool = True, seed: int = 0,
                   max_context: int | None = None) -> list[str]:
   """Completions (text after each prompt, cut before the first stop string or EOS)."""
-  ids = [([tokenizer.bos_id] if add_bos and tokenizer.bos_id >= 0 else []) + tokenizer.encode(p)
+  ids = [([tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []) + tokenizer.encode(p)
          for p in prompts]
   if max_context is not None:
     for i, p in enumerate(ids):
@@ -198,72 +199,8 @@ def generate_text(model_config, params, tokenizer, prompts: Sequence[str], *,
 
 # ----------------------------------------------------------------- loading
 
-class Tokenizer:
-  """The few tokenizer calls evaluation needs, over SentencePiece or HF `tokenizers`."""
-
-  def __init__(self, path: str):
-    self.path = path
-    if path.endswith(".json"):
-      from tokenizers import Tokenizer as HFTokenizer  # pylint: disable=g-import-not-at-top
-      self._hf = HFTokenizer.from_file(path)
-      self.sp = None
-      self.vocab_size = self._hf.get_vocab_size()
-      self._specials = {t.content for t in self._hf.get_added_tokens_decoder().values()
-                        if t.special}
-      self.bos_id, self.eos_id = -1, -1
-    else:
-      from maxlm.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
-      self.sp, self._hf = tok_lib.load(path), None
-      self.vocab_size = self.sp.vocab_size()
-      self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
-
-  def encode(self, text: str) -> list[int]:
-    if self.sp is not None:
-      return list(self.sp.encode(text))
-    return list(self._hf.encode(text, add_special_tokens=False).ids)
-
-  def decode(self, ids: Sequence[int]) -> str:
-    ids = [int(i) for i in ids]
-    return self.sp.decode(ids) if self.sp is not None else self._hf.decode(ids)
-
-  def token_bytes(self) -> list[int]:
-    """UTF-8 bytes per id for an HF tokenizer (SentencePiece: see eval.perplexity).
-
-    Byte-level BPE pieces that are parts of one character decode to U+FFFD
-    and are counted as 1 byte each: approximate for such pieces only.
-    """
-    out = []
-    for i in range(self.vocab_size):
-      if self._hf.id_to_token(i) in self._specials:
-        out.append(0)
-        continue
-      text = self._hf.decode([i])
-      out.append(1 if text == "\ufffd" else len(text.encode()))
-    return out
-
-
-def _hf_special_ids(hf_dir: str, tok: Tokenizer) -> None:
-  """BOS / EOS ids from config.json, else from tokenizer_config.json's token strings.
-
-  Exports (maxlm.interop) and some checkpoints carry no ids in config.json;
-  their tokenizer_config.json names the tokens ("<s>", or {"content": "<s>"}).
-  """
-  with open(os.path.join(hf_dir, "config.json")) as f:
-    hf = json.load(f)
-  tok_cfg = {}
-  if os.path.isfile(os.path.join(hf_dir, "tokenizer_config.json")):
-    with open(os.path.join(hf_dir, "tokenizer_config.json")) as f:
-      tok_cfg = json.load(f)
-  for name in ("bos", "eos"):
-    v = hf.get(f"{name}_token_id")
-    if isinstance(v, list):
-      v = v[0] if v else None
-    if v is None and tok._hf is not None:
-      text = tok_cfg.get(f"{name}_token")
-      text = text.get("content") if isinstance(text, dict) else text
-      v = tok._hf.token_to_id(text) if isinstance(text, str) else None
-    if v is not None:
-      setattr(tok, f"{name}_id", int(v))
+# One tokenizer interface (maxlm.data.tokenizer): SentencePiece, tokenizer.json or an HF dir.
+Tokenizer = tokenizer_lib.Tokenizer
 
 
 def load_model(path: str, *, step: int | None = None):
@@ -309,13 +246,14 @@ def load_model(path: str, *, step: int | None = None):
     params = checkpoint_lib.load_state_params(state_dir, abstract)
   tok_path = os.path.join(workdir, "tokenizer", "tokenizer.model")
   if not os.path.isfile(tok_path):
-    # A run given a ready tokenizer (data.tokenizer.path) uses it in place, no copy.
+    # A run given a ready tokenizer (data.tokenizer.path: a .model, a tokenizer.json
+    # or an HF dir) uses it in place, no copy.
     given = run_config.get("data", {}).get("tokenizer", {}).get("path") or ""
-    if not os.path.isfile(given):
+    if not given or not os.path.exists(given):
       raise FileNotFoundError(f"{tok_path} is missing and the run's data.tokenizer.path"
-                              f" ({given!r}) is not a file")
+                              f" ({given!r}) does not exist")
     tok_path = given
-  tok = Tokenizer(tok_path)
+  tok = tokenizer_lib.load(tok_path)
   _check_vocab(cfg, tok, path)
   return cfg, params, tok
 
@@ -331,13 +269,9 @@ def checkpoint_steps(workdir: str) -> list[int]:
 def _load_hf(hf_dir: str):
   from maxlm.interop import hf as hf_lib  # pylint: disable=g-import-not-at-top
   cfg, params = hf_lib.import_checkpoint(hf_dir)
-  for name in ("tokenizer.model", "tokenizer.json"):
-    if os.path.isfile(os.path.join(hf_dir, name)):
-      tok = Tokenizer(os.path.join(hf_dir, name))
-      break
-  else:
-    raise FileNotFoundError(f"{hf_dir} has neither tokenizer.model nor tokenizer.json")
-  _hf_special_ids(hf_dir, tok)
+  # The directory's tokenizer with the special ids its tokenizer_config.json /
+  # config.json give (maxlm.data.tokenizer_io).
+  tok = tokenizer_lib.load(hf_dir)
   _check_vocab(cfg, tok, hf_dir)
   return cfg, params, tok
 

@@ -38,7 +38,7 @@ def main(argv):
     if os.path.exists(_OUT.value) and not _FORCE.value:
       raise app.UsageError(f"{_OUT.value} exists; pass --force to retrain")
     path = tokenizer_lib.train_from_config(data_config, _OUT.value)
-    print(f"wrote {path} (vocab {tokenizer_lib.load(path).vocab_size()}, "
+    print(f"wrote {path} (vocab {tokenizer_lib.load(path).vocab_size}, "
           f"sha256 {tokenizer_lib.tokenizer_hash(path)[:16]})")
   else:
     if not _MODEL.value:

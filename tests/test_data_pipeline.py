@@ -255,7 +255,7 @@ def test_eval_batches_are_heldout(tok):
 
 def test_tokenizer_round_trips_prose_and_code(tok):
   sp = tokenizer_lib.load(tok[1])
-  assert sp.vocab_size() == 512
+  assert sp.vocab_size == 512
   for s in ["def f(x):\n    return x + 12345  # ü 中\n", "To be, or not to be:\n\tthat is"]:
     assert sp.decode(sp.encode(s)) == s
   assert [sp.id_to_piece(i) for i in sp.encode("2024")] == ["2", "0", "2", "4"]

@@ -29,8 +29,8 @@ def sp(tmp_path_factory):
 
 def test_vocab_padded_with_reserved_slots(sp):
   # 500 rounded up to a multiple of 128 = 512; 8 reserved + 12 of padding.
-  assert sp.vocab_size() == 512
-  reserved = [i for i in range(sp.vocab_size()) if sp.id_to_piece(i).startswith("<reserved_")]
+  assert sp.vocab_size == 512
+  reserved = [i for i in range(sp.vocab_size) if sp.id_to_piece(i).startswith("<reserved_")]
   assert len(reserved) == 8 + 12
   assert reserved == list(range(reserved[0], reserved[0] + 20))
 
@@ -38,7 +38,8 @@ def test_vocab_padded_with_reserved_slots(sp):
 def test_special_tokens_keep_their_ids(sp, tmp_path):
   specials = list(data.default_data_config().tokenizer.special_tokens)
   assert [sp.piece_to_id(s) for s in specials] == [4, 5]
-  assert (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()) == (0, 1, 2, 3)
+  assert (sp.pad_id, sp.piece_to_id("<unk>"), sp.bos_id, sp.eos_id) == (0, 1, 2, 3)
+  assert tokenizer_lib.special_ids(sp.path) == (2, 3)
   # Recognised whole inside text, never split.
   ids = sp.encode("hi <|im_start|>user")
   assert 4 in ids
@@ -57,7 +58,7 @@ def test_digits_are_split(sp):
 def test_unseen_bytes_round_trip_through_byte_fallback(sp):
   s = "naïve 中文 🙂 \x00\x7f"
   ids = sp.encode(s)
-  assert sp.unk_id() not in ids
+  assert sp.piece_to_id("<unk>") not in ids
   assert sp.decode(ids) == s
   assert "<0xF0>" in [sp.id_to_piece(i) for i in ids]  # the emoji's first byte
 

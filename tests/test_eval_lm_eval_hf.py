@@ -102,3 +102,93 @@ def test_rolling_matches_hf(setup):
   want = per_request(hf_lm(path), roll, tm)
   assert got.shape == (3,) and np.all(got < 0)
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+# --------------------------------------------------------------- a real subword tokenizer
+# The char-level tokenizer above splits text the same way whatever the boundary.
+# A Llama-2-style tokenizer (SentencePiece BPE with the dummy prefix, here as the
+# tokenizer.json transformers would load) does not: "cat" alone is "\u2581cat",
+# after "the ca" it is "t", so encoding the continuation alone (maxlm before
+# issue 14) gave other ids and other log-likelihoods than lm-eval's hf model.
+
+SP_TEXT = ("the cat sat on the mat. the dog ran in the park, and the cat ran after it.\n"
+           "hello world. a quick brown fox jumps over the lazy dog.\n") * 40
+
+
+@pytest.fixture(scope="module")
+def sp_model_dir(tmp_path_factory):
+  import io
+
+  import sentencepiece as spm
+  import torch
+  import transformers
+
+  from maxlm.interop import tokenizer_json
+  root = tmp_path_factory.mktemp("sp_llama")
+  proto = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(SP_TEXT.splitlines(keepends=True)), model_writer=proto,
+      model_type="bpe", vocab_size=340, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+      byte_fallback=True, add_dummy_prefix=True, normalization_rule_name="identity",
+      remove_extra_whitespaces=False, hard_vocab_limit=False, minloglevel=2)
+  (root / "tokenizer.model").write_bytes(proto.getvalue())
+  tokenizer_json.write_hf_tokenizer(str(root / "tokenizer.model"), str(root / "model"), bos=1,
+                                    eos=2, pad=None)
+  torch.manual_seed(1)
+  config = transformers.LlamaConfig(
+      hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+      num_key_value_heads=2, vocab_size=384, max_position_embeddings=MAX_LEN, bos_token_id=1,
+      eos_token_id=2)
+  model = transformers.LlamaForCausalLM(config).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      p.copy_(1.0 + 0.2 * torch.randn_like(p)) if name.endswith("norm.weight") else p.normal_(0, 0.2)
+  model.save_pretrained(str(root / "model"), safe_serialization=True)
+  return str(root / "model")
+
+
+def _requests(kind, args):
+  from lm_eval.api.instance import Instance
+  return [Instance(kind, {}, a, idx=0) for a in args]
+
+
+PAIRS = [("the ca", "t sat"),  # mid-word
+         ("the cat sat", "\non the mat."),  # a newline
+         ("the cat", " sat on"),  # a space
+         ("the cat ", "ran"),  # trailing space moves into the continuation
+         ("hello", "world"),  # no space: one word, split mid-word
+         ("", "the dog"),  # empty context: conditioned on BOS alone
+         ("the dog ran in the park, and the cat ran after", " it.")]  # truncated on the left
+
+
+def test_pairs_are_encoded_as_hf_does(sp_model_dir):
+  lm = MaxlmLM(pretrained=sp_model_dir, batch_size=4, max_length=MAX_LEN)
+  hf = hf_lm(sp_model_dir, add_bos_token=True)
+  for ctx, cont in PAIRS[:-2]:  # non-empty contexts: lm-eval's _encode_pair
+    want = hf._encode_pair(ctx, cont)  # pylint: disable=protected-access
+    assert lm.encode_pair(ctx, cont) == (list(want[0]), list(want[1])), (ctx, cont)
+  # Mid-word the continuation starts without the word-initial U+2581 it has alone.
+  _, cont_ids = lm.encode_pair("the ca", "t sat")
+  assert lm.tok.id_to_piece(lm.tok.encode("t sat")[0]).startswith("\u2581")
+  assert not lm.tok.id_to_piece(cont_ids[0]).startswith("\u2581")
+
+
+def test_loglikelihood_matches_hf_on_word_boundaries(sp_model_dir):
+  reqs = _requests("loglikelihood", PAIRS)
+  got = MaxlmLM(pretrained=sp_model_dir, batch_size=4, max_length=MAX_LEN).loglikelihood(reqs)
+  want = hf_lm(sp_model_dir, add_bos_token=True).loglikelihood(reqs)
+  np.testing.assert_allclose([g[0] for g in got], [w[0] for w in want], atol=1e-4, rtol=0)
+  assert [g[1] for g in got] == [w[1] for w in want]
+  assert all(g[0] < 0 for g in got)
+
+
+def test_rolling_longer_than_the_context_matches_hf(sp_model_dir):
+  texts = [SP_TEXT[:300], "the cat", SP_TEXT[50:140] + "\n"]
+  reqs = _requests("loglikelihood_rolling", [(t,) for t in texts])
+  lm = MaxlmLM(pretrained=sp_model_dir, batch_size=4, max_length=MAX_LEN)
+  assert len(lm.tok.encode(texts[0])) > 4 * MAX_LEN  # several windows
+  got = lm.loglikelihood_rolling(reqs)
+  # hf with add_bos_token=False: its tokenizer then adds no BOS to the text, and the
+  # first window is conditioned on BOS (prefix_token_id), as maxlm's (module docstring).
+  want = hf_lm(sp_model_dir, add_bos_token=False).loglikelihood_rolling(reqs)
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)

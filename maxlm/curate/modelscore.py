@@ -49,7 +49,7 @@ def tokenizer_path(workdir: str, run_config: dict | None = None) -> str:
     return path
   run_config = run_config or _read_run_config(workdir)
   path = (run_config.get("data", {}).get("tokenizer", {}) or {}).get("path") or ""
-  if not os.path.isfile(path):
+  if not os.path.exists(path):  # a .model, a tokenizer.json or an HF dir
     raise FileNotFoundError(f"model_score: no tokenizer in {workdir}/tokenizer/ and "
                             f"config.json's data.tokenizer.path={path!r} does not exist")
   return path
@@ -61,17 +61,17 @@ class Scorer:
   def __init__(self, workdir: str, *, seq_len: int = 512, batch_size: int = 16, tokenizer: str = ""):
     import jax
     import jax.numpy as jnp
-    import sentencepiece as spm
-
     import maxlm
     from maxlm import checkpoint
+    from maxlm.data import tokenizer as tokenizer_lib
 
     run_config = _read_run_config(workdir)
     self.model_config = maxlm.ModelConfig(**run_config["model"])
     self.params = checkpoint.load_params(os.path.join(workdir, "params"))
-    self.sp = spm.SentencePieceProcessor(model_file=tokenizer or tokenizer_path(workdir, run_config))
-    self.add_bos = bool(run_config.get("data", {}).get("add_bos", True))
-    self.bos_id = self.sp.bos_id() if self.sp.bos_id() >= 0 else 2
+    self.tok = tokenizer_lib.load(tokenizer or tokenizer_path(workdir, run_config))
+    # BOS as training framed documents: the tokenizer's own id, when it has one.
+    self.bos_id = self.tok.bos_id
+    self.add_bos = bool(run_config.get("data", {}).get("add_bos", True)) and self.bos_id is not None
     self.seq_len, self.batch_size = seq_len, batch_size
     cfg = self.model_config
 
@@ -85,7 +85,7 @@ class Scorer:
     self._token_logprobs = token_logprobs
 
   def encode(self, text: str) -> list[int]:
-    ids = ([self.bos_id] if self.add_bos else []) + self.sp.encode(text)
+    ids = ([self.bos_id] if self.add_bos else []) + self.tok.encode(text)
     return ids[:self.seq_len]
 
   def score(self, texts) -> list[tuple[float, int]]:

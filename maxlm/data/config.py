@@ -60,7 +60,8 @@ def default_data_config(variant: str = "two_domains") -> ml_collections.ConfigDi
                               max_doc_chars=8_000)
 
   c.tokenizer = ml_collections.ConfigDict()
-  # Path of an existing SentencePiece .model; '' = train one into the workdir.
+  # An existing tokenizer: a SentencePiece .model, an HF tokenizer.json or an HF
+  # model directory (its special ids are used); '' = train one into the workdir.
   c.tokenizer.path = ""
   # Total vocabulary V including byte-fallback pieces (256), specials and
   # reserved slots. 512 leaves ~200 merges: enough for the tiny model.

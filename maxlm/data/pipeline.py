@@ -75,8 +75,8 @@ class Tokenize(grain.transforms.Map):
   """(text, doc_id) -> example dict of packing.FEATURES."""
   tokenizer_path: str
   domain_id: int
-  bos_id: int | None = tokenizer_lib.BOS_ID  # None = nothing prepended
-  eos_id: int | None = tokenizer_lib.EOS_ID  # None = nothing appended
+  bos_id: int | None  # the tokenizer's (pipeline.framing); None = nothing prepended
+  eos_id: int | None  # None = nothing appended
 
   def map(self, element):
     text, doc_id = element[:2]

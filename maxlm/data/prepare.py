@@ -82,7 +82,7 @@ def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
   (beam_args: Beam pipeline flags; workers: local processes, 0 = all cores).
   """
   sha = tokenizer_lib.tokenizer_hash(tokenizer_path)
-  vocab = tokenizer_lib.load(tokenizer_path).vocab_size()
+  vocab = tokenizer_lib.load(tokenizer_path).vocab_size
   dtype = "<u2" if vocab <= 1 << 16 else "<u4"
   old = os.path.join(out_dir, shards_lib.MANIFEST)
   if os.path.exists(old) and _read_json(old)["tokenizer_sha256"] != sha:

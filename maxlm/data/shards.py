@@ -105,8 +105,8 @@ class DecodeRecord(grain.transforms.Map):
   (None = the tokenizer has none: nothing added)."""
   dtype: str
   domain_id: int
-  bos_id: int | None = tokenizer_lib.BOS_ID
-  eos_id: int | None = tokenizer_lib.EOS_ID
+  bos_id: int | None  # the tokenizer's own (pipeline.framing)
+  eos_id: int | None
 
   def map(self, record: bytes):
     doc_id, toks = decode_record(record, self.dtype)

@@ -1,4 +1,9 @@
-"""SentencePiece BPE tokenizer: training from the configured sources, loading.
+"""SentencePiece BPE tokenizer: training from the configured sources; loading any tokenizer.
+
+Loading (`load`, `special_ids`, `tokenizer_hash`, `Tokenizer`) lives in
+maxlm.data.tokenizer_io and is re-exported here: a SentencePiece .model, an HF
+tokenizer.json or an HF model directory, each with its own special ids.
+The rest of this module trains maxlm's own tokenizer.
 
 The model is trained for lossless round trips on prose and code: identity
 normalization, no dummy prefix, whitespace kept as is (runs of spaces may be
@@ -17,8 +22,6 @@ to its id (as chat data needs) and is never split.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import io
 import json
 import os
@@ -27,7 +30,10 @@ import sentencepiece as spm
 
 from maxlm.data import config as config_lib
 from maxlm.data import sources as sources_lib
+from maxlm.data.tokenizer_io import Tokenizer, load, special_ids, tokenizer_hash  # noqa: F401
 
+# maxlm's own layout, used only when training a tokenizer: code that frames
+# documents asks the tokenizer (special_ids), since a parent model's differ.
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 FIRST_SPECIAL_ID = 4
 # SentencePiece skips longer "sentences" silently; training text is chunked
@@ -75,17 +81,20 @@ def _train_spm(texts, proto, vocab: int, user_symbols: list, tok_config) -> None
 
 
 def build_tokenizer(data_config, workdir: str) -> str:
-  """Path of the run's SentencePiece model, training it on first use.
+  """Path of the run's tokenizer, training maxlm's own on first use.
 
-  If data.tokenizer.path is set it must exist and is returned. Otherwise the
+  If data.tokenizer.path is set (a SentencePiece .model, a tokenizer.json or
+  an HF model directory) it must load and is returned. Otherwise the
   model lives at <workdir>/tokenizer/tokenizer.model and is trained once; a
   resumed run finds the file and reuses it (never retrains).
   """
   path = data_config.tokenizer.path
   if path:
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"data.tokenizer.path={path!r} does not exist; "
-                              "set it to a SentencePiece .model or to '' to train one")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"data.tokenizer.path={path!r} does not exist; set it to a"
+                              " SentencePiece .model, a tokenizer.json, an HF model directory,"
+                              " or '' to train one")
+    load(path)  # fails here, naming the file, on something that is not a tokenizer
     return path
   out = os.path.join(workdir, "tokenizer", "tokenizer.model")
   if os.path.isfile(out):
@@ -100,7 +109,7 @@ def train_from_config(data_config, out_path: str) -> str:
   sample = training_sample(data_config)
   train_tokenizer(sample, out_path, data_config.tokenizer)
   meta = dict(sha256=tokenizer_hash(out_path), sample_chars=sum(len(t) for t in sample),
-              vocab_size=load(out_path).vocab_size(), config=data_config.tokenizer.to_dict())
+              vocab_size=load(out_path).vocab_size, config=data_config.tokenizer.to_dict())
   with open(os.path.splitext(out_path)[0] + ".json", "w") as f:
     json.dump(meta, f, indent=2, default=list)
   return out_path
@@ -126,36 +135,6 @@ def training_sample(data_config) -> list[str]:
       out.append(d.text[:int(budget) + 1])
       budget -= len(out[-1])
   return out
-
-
-def load(path: str) -> spm.SentencePieceProcessor:
-  """Cached processor; keyed by mtime and size too, so a retrained file at the
-  same path is never served stale."""
-  st = os.stat(path)
-  return _load(path, st.st_mtime_ns, st.st_size)
-
-
-@functools.lru_cache(maxsize=8)
-def _load(path: str, mtime_ns: int, size: int) -> spm.SentencePieceProcessor:
-  del mtime_ns, size  # cache key only
-  return spm.SentencePieceProcessor(model_file=path)
-
-
-def special_ids(path: str) -> tuple[int | None, int | None]:
-  """(bos_id, eos_id) of the tokenizer at `path`, for framing documents.
-
-  Stub (owner: openmodels, see coord/OWNERS.md) until the multi-format loader
-  lands: SentencePiece models trained here use BOS_ID / EOS_ID; a model that
-  defines its own (-1 = none) is read from the file.
-  """
-  sp = load(path)
-  bos, eos = sp.bos_id(), sp.eos_id()
-  return (bos if bos >= 0 else None), (eos if eos >= 0 else None)
-
-
-def tokenizer_hash(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
 
 
 def _sentences(texts):
@@ -188,7 +167,7 @@ def compression_report(data_config, tokenizer_path: str,
   Held-out text was never in the tokenizer's training sample, so this is the
   compression a model trained with it will see on new text of each domain.
   """
-  sp = load(tokenizer_path)
+  tok = load(tokenizer_path)
   rows = []
   domains = config_lib.domain_names(data_config)
   by_domain = {d: [] for d in domains}
@@ -196,7 +175,7 @@ def compression_report(data_config, tokenizer_path: str,
     docs, _ = sources_lib.cached_documents(s, data_config.get("error_budget", -1))
     train, held = sources_lib.split_heldout(docs, data_config.heldout_fraction)
     by_domain[s["domain"]].extend(d.text for d in (held or train[:1]))
-  byte_ids = {sp.piece_to_id(f"<0x{b:02X}>") for b in range(256)}
+  byte_ids = {tok.piece_to_id(f"<0x{b:02X}>") for b in range(256)} - {None}
   for dom in domains:
     texts, chars = [], 0
     for t in by_domain[dom]:
@@ -204,7 +183,7 @@ def compression_report(data_config, tokenizer_path: str,
         break
       texts.append(t[:max_chars_per_domain - chars])
       chars += len(texts[-1])
-    ids = [i for t in texts for i in sp.encode(t)]
+    ids = [i for ids in tok.encode_batch(texts) for i in ids]
     n_bytes = sum(len(t.encode()) for t in texts)
     rows.append(dict(domain=dom, docs=len(texts), chars=chars, bytes=n_bytes, tokens=len(ids),
                      chars_per_token=chars / max(1, len(ids)),

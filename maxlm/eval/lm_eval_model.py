@@ -11,10 +11,12 @@ extra), not torch.
 
 Requests go through maxlm.eval.scoring (sorted by length, padded to
 power-of-two buckets, jitted forward) and maxlm.generate (KV cache).
-Tokenization: the context is preceded by BOS; context and continuation are
-encoded separately, with the context's trailing whitespace moved into the
-continuation (as lm-eval's HF model does), so a target's first token is the
-same whether or not a space ends the prompt.
+Tokenization follows lm-eval's `hf` model (scoring.encode_pair): BOS (when the
+tokenizer has one and add_bos) leads the context; the context's trailing
+whitespace moves into the continuation; context + continuation are encoded
+together and the continuation is the tail, so a continuation that starts
+mid-word, with a newline or with a space gets the ids the hf model gives it.
+Rolling windows are lm-eval's too (scoring.rolling_windows).
 """
 
 from __future__ import annotations
@@ -46,24 +48,25 @@ class MaxlmLM(LM):
     self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
     self.max_length = int(max_length or 2048)
     self.add_bos = add_bos if isinstance(add_bos, bool) else str(add_bos).lower() == "true"
-    if (self._prefix() or [self.tok.eos_id])[0] < 0:
-      # Empty contexts and rolling windows are conditioned on BOS, else EOS; an
-      # id of -1 would silently index the last vocabulary row.
-      raise ValueError(f"tokenizer {getattr(self.tok, 'path', '')} has no BOS or EOS id"
-                       f" (add_bos={self.add_bos}): nothing to condition a first token on")
+    if self.tok.bos_id is None and self.tok.eos_id is None:
+      # Empty contexts and rolling windows are conditioned on BOS, else EOS.
+      raise ValueError(f"tokenizer {getattr(self.tok, 'path', '')} has neither a BOS nor an"
+                       " EOS id: nothing to condition a first token on")
 
   # ------------------------------------------------------------------ helpers
   def _prefix(self) -> list[int]:
-    return [self.tok.bos_id] if self.add_bos and self.tok.bos_id >= 0 else []
+    return [self.tok.bos_id] if self.add_bos and self.tok.bos_id is not None else []
+
+  def _prefix_token(self) -> int:
+    """lm-eval's `prefix_token_id`: BOS, else EOS."""
+    return self.tok.bos_id if self.tok.bos_id is not None else self.tok.eos_id
 
   def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    n_space = len(context) - len(context.rstrip())
-    if n_space:
-      context, continuation = context[:-n_space], context[-n_space:] + continuation
-    ctx = self._prefix() + self.tok.encode(context)
-    if not ctx:  # no BOS and no context: condition on EOS, as lm-eval does
-      ctx = [self.tok.eos_id]
-    return ctx, self.tok.encode(continuation)
+    if not context:  # lm-eval: an empty context is its prefix token alone
+      return scoring.encode_pair(self.tok.encode, "", continuation, [self._prefix_token()])
+    ctx, cont = scoring.encode_pair(self.tok.encode, context, continuation, self._prefix())
+    # A whitespace-only context without BOS leaves no ids (lm-eval would assert).
+    return (ctx or [self._prefix_token()]), cont
 
   # ------------------------------------------------------------------ LM API
   def loglikelihood(self, requests) -> list[tuple[float, bool]]:
@@ -79,7 +82,7 @@ class MaxlmLM(LM):
 
   def loglikelihood_rolling(self, requests) -> list[float]:
     windows, owner = [], []
-    prefix = (self._prefix() or [self.tok.eos_id])[0]
+    prefix = self._prefix_token()
     for i, r in enumerate(requests):
       ids = self.tok.encode(r.args[0])
       for w in scoring.rolling_windows(ids, self.max_length, prefix):

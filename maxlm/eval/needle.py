@@ -146,10 +146,10 @@ def run(checkpoint: str, lengths: Sequence[int], depths: Sequence[float], out_di
   def needle_fn(answer):
     return (tok.encode(NEEDLE.format(answer=answer)), tok.encode(ANSWER.format(answer=answer)))
 
-  bos = getattr(tok, "bos_id", None)
+  bos = tok.bos_id
   results = evaluate(logits_fn, filler_ids=tok.encode(FILLER), needle_fn=needle_fn,
                      question_ids=tok.encode(QUESTION), lengths=lengths, depths=depths,
-                     prefix_ids=[bos] if isinstance(bos, int) and bos >= 0 else [],
+                     prefix_ids=[bos] if bos is not None else [],
                      greedy_fn=greedy)
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "results.json"), "w") as f:

@@ -30,25 +30,13 @@ def bits_per_byte(total_nats: float, n_bytes: int) -> float:
 def token_byte_lengths(tokenizer, vocab_size: int | None = None) -> np.ndarray:
   """UTF-8 bytes each token id stands for: [V] int64 (0 for control tokens).
 
-  Accepts a SentencePieceProcessor, a path to a .model, or any object with a
-  `token_bytes()` method (maxlm.generate.Tokenizer, test tokenizers).
+  Accepts a tokenizer path (maxlm.data.tokenizer.load) or any object with a
+  `token_bytes()` method (maxlm.data.tokenizer.Tokenizer, test tokenizers).
   """
   if isinstance(tokenizer, str):
     from maxlm.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
     tokenizer = tok_lib.load(tokenizer)
-  if getattr(tokenizer, "sp", None) is not None:  # maxlm.generate.Tokenizer over SentencePiece
-    tokenizer = tokenizer.sp
-  if hasattr(tokenizer, "token_bytes"):
-    table = np.asarray(tokenizer.token_bytes(), np.int64)
-  else:
-    sp = tokenizer
-    table = np.zeros(sp.vocab_size(), np.int64)
-    for i in range(sp.vocab_size()):
-      if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
-        continue
-      # Byte-fallback pieces <0xNN> are one byte; other pieces are literal text
-      # with U+2581 for a space (the tokenizer adds no dummy prefix).
-      table[i] = 1 if sp.is_byte(i) else len(sp.id_to_piece(i).replace("\u2581", " ").encode())
+  table = np.asarray(tokenizer.token_bytes(), np.int64)
   if vocab_size is not None and vocab_size > len(table):
     table = np.pad(table, (0, vocab_size - len(table)))  # vocab padding ids: no text
   return table
@@ -86,7 +74,8 @@ def score_texts(model_config, params, tokenizer, texts: Sequence[str], *, max_le
   for t in texts:
     ids = tokenizer.encode(t)
     if ids:
-      requests.extend(scoring.rolling_windows(ids, max_len, tokenizer.bos_id))
+      prefix = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+      requests.extend(scoring.rolling_windows(ids, max_len, prefix))
   scores = scoring.score_continuations(model_config, params, requests, batch_size=batch_size,
                                        max_len=max_len)
   nats = -sum(s.total for s in scores)

@@ -107,9 +107,11 @@ def run_probes(model_config, params, tokenizer, probes: Sequence[Probe], *,
   """One result dict per probe (see the module docstring for the fields)."""
   requests, owners = [], []
   for p in probes:
-    ctx = [tokenizer.bos_id] + tokenizer.encode(p.prompt)
+    # BOS when the tokenizer has one, else EOS: the first token needs a condition.
+    prefix = [tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id]
     for t in ([p.target] if p.type == "completion" else p.texts):
-      ids = tokenizer.encode(t)
+      # Encoded with the prompt, as lm-eval does: a text's ids are those it has in context.
+      ctx, ids = scoring.encode_pair(tokenizer.encode, p.prompt, t, prefix)
       if not ids:
         raise ValueError(f"probe {p.id!r}: {t!r} encodes to no tokens")
       if max_len is not None and len(ctx) + len(ids) - 1 > max_len:
@@ -129,7 +131,8 @@ def run_probes(model_config, params, tokenizer, probes: Sequence[Probe], *,
       out.append(dict(id=p.id, type=p.type, tags=list(p.tags), logprob=s.total,
                       mean_logprob=s.mean, token_logprobs=s.logprobs.tolist(),
                       ranks=s.ranks.tolist(), greedy=s.greedy,
-                      tokens=[tokenizer.decode([i]) for i in tokenizer.encode(p.target)]))
+                      tokens=[tokenizer.decode([i]) for i in
+                              scoring.encode_pair(tokenizer.encode, p.prompt, p.target, prefix)[1]]))
     else:
       vals = [s.mean if p.score == "mean" else s.total for s in ss]
       margin = vals[0] - max(vals[1:])
@@ -164,8 +167,8 @@ def probe_metrics(model_config, params, tokenizer_path: str, probes: Sequence[Pr
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(path: str):
-  from maxlm.generate import Tokenizer  # pylint: disable=g-import-not-at-top
-  return Tokenizer(path)
+  from maxlm.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  return tokenizer_lib.load(path)
 
 
 def probe_value(result: dict) -> float:

@@ -4,7 +4,7 @@ A request is (context ids, continuation ids); its score is the log-prob of
 every continuation token given everything before it, with each token's rank
 (1 = the model's top choice) and whether greedy decoding would produce the
 whole continuation. Requests are sorted by length, right-padded to a few
-bucket lengths (so few shapes compile) and run in batches through the jitted
+bucket lengths (four per octave) (so few shapes compile) and run in batches through the jitted
 forward; log-softmax, gather and ranks happen on the device, so only [B, T]
 arrays come back, never [B, T, V] logits.
 """
@@ -48,11 +48,16 @@ def _token_stats(cfg: ModelConfig, params, inputs_bt, targets_bt, segment_ids_bt
 
 
 def bucket_length(n: int, min_bucket: int = 32) -> int:
-  """The next power of two >= n (at least min_bucket): few distinct shapes."""
-  b = min_bucket
-  while b < n:
-    b *= 2
-  return b
+  """n rounded up to a quarter of its power of two (at least min_bucket).
+
+  Four shapes per octave: a padded row wastes at most ~25% (powers of two
+  wasted up to half, and lm-eval's hf model pads each batch to its longest
+  row), while the number of compiled shapes stays logarithmic in the length.
+  """
+  if n <= min_bucket:
+    return min_bucket
+  step = max(min_bucket, 1 << max(0, (n - 1).bit_length() - 3))  # 2^floor(log2(n-1)) / 4
+  return -(-n // step) * step
 
 
 def score_continuations(model_config, params, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
@@ -63,8 +68,40 @@ def score_continuations(model_config, params, requests: Sequence[tuple[Sequence[
   The model sees context + continuation[:-1] (at most `max_len` tokens). A
   longer request raises, or with `truncate` loses context from the left (as
   lm-eval does). The context must hold at least one token (e.g. BOS).
+  Every batch is dispatched before any result is read back: the device runs
+  batch k+1 while the host builds batch k+2, with one host sync at the end.
   """
   cfg = ModelConfig.from_any(model_config)
+  rows = _rows(requests, max_len, truncate)
+  # Longest first: the first batch shows at once whether memory suffices.
+  rows.sort(key=lambda r: -len(r[1]))
+  pending = []
+  for start in range(0, len(rows), batch_size):
+    chunk = rows[start:start + batch_size]
+    longest = max(len(ids) - 1 for _, ids, _ in chunk)
+    T = bucket_length(longest)
+    if max_len is not None:
+      T = min(T, max(max_len, longest))
+    B = batch_size  # a fixed batch: the last partial one compiles no new shape
+    inputs = np.zeros((B, T), np.int32)
+    targets = np.zeros((B, T), np.int32)
+    seg = np.zeros((B, T), np.int32)
+    for b, (_, ids, _) in enumerate(chunk):
+      n = len(ids) - 1
+      inputs[b, :n], targets[b, :n], seg[b, :n] = ids[:-1], ids[1:], 1
+    pending.append((chunk, _token_stats(cfg, params, inputs, targets, seg)))
+  out: list[Score | None] = [None] * len(rows)
+  for chunk, stats in pending:
+    logp, rank = jax.device_get(stats)
+    for b, (i, ids, c) in enumerate(chunk):
+      n = len(ids) - 1
+      lp, rk = logp[b, n - c:n].astype(np.float64), rank[b, n - c:n]
+      out[i] = Score(lp, rk, bool(np.all(rk == 1)))
+  return out
+
+
+def _rows(requests, max_len: int | None, truncate: bool) -> list[tuple[int, list, int]]:
+  """(request index, ids to run, continuation length) per request, checked and truncated."""
   rows = []
   for i, (ctx, cont) in enumerate(requests):
     ctx, cont = list(ctx), list(cont)
@@ -81,27 +118,34 @@ def score_continuations(model_config, params, requests: Sequence[tuple[Sequence[
                          f" the context of {max_len}")
       ids = ids[-(max_len + 1):]
     rows.append((i, ids, len(cont)))
-  # Longest first: the first batch shows at once whether memory suffices.
-  rows.sort(key=lambda r: -len(r[1]))
-  out: list[Score | None] = [None] * len(rows)
-  for start in range(0, len(rows), batch_size):
-    chunk = rows[start:start + batch_size]
-    T = bucket_length(max(len(ids) - 1 for _, ids, _ in chunk))
-    if max_len is not None:
-      T = min(T, max(max_len, max(len(ids) - 1 for _, ids, _ in chunk)))
-    B = batch_size  # a fixed batch: the last partial one compiles no new shape
-    inputs = np.zeros((B, T), np.int32)
-    targets = np.zeros((B, T), np.int32)
-    seg = np.zeros((B, T), np.int32)
-    for b, (_, ids, _) in enumerate(chunk):
-      n = len(ids) - 1
-      inputs[b, :n], targets[b, :n], seg[b, :n] = ids[:-1], ids[1:], 1
-    logp, rank = jax.device_get(_token_stats(cfg, params, inputs, targets, seg))
-    for b, (i, ids, c) in enumerate(chunk):
-      n = len(ids) - 1
-      lp, rk = logp[b, n - c:n].astype(np.float64), rank[b, n - c:n]
-      out[i] = Score(lp, rk, bool(np.all(rk == 1)))
-  return out
+  return rows
+
+
+def encode_pair(encode, context: str, continuation: str, prefix: Sequence[int]
+                ) -> tuple[list[int], list[int]]:
+  """(context ids, continuation ids) as lm-eval's `hf` model tokenizes a request.
+
+  Trailing whitespace of the context moves into the continuation; then
+  context + continuation is encoded as ONE string and the continuation is its
+  tail after the context's ids. Encoding the continuation alone would differ
+  for tokenizers whose pieces carry a leading-space marker (SentencePiece's
+  dummy prefix, Metaspace): "cat" alone is "▁cat", but after "the" it is
+  "cat" (mid-word) or "▁cat". `prefix` (BOS, or nothing) leads the
+  context; an empty context is conditioned on prefix[0] alone, as lm-eval's
+  `prefix_token_id`, unless the continuation already starts with that id.
+  """
+  prefix = list(prefix)
+  if not context:
+    cont = list(encode(continuation))
+    if cont and prefix and cont[0] == prefix[0]:
+      return cont[:1], cont[1:]
+    return prefix[:1], cont
+  n_space = len(context) - len(context.rstrip())
+  if n_space:
+    context, continuation = context[:-n_space], context[-n_space:] + continuation
+  ctx = prefix + list(encode(context)) if context else list(prefix)
+  whole = prefix + list(encode(context + continuation))
+  return ctx, whole[len(ctx):]
 
 
 def rolling_windows(ids: Sequence[int], max_len: int, prefix_id: int) -> list[tuple[list, list]]:
