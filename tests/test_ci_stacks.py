@@ -14,6 +14,10 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Modules the subset reaches only at run time (or not at all), each with the reason.
 EXEMPT = {
+    "maxlm.run.stages": "stage-chain entry; its e2e tests (test_stages_chain) run on 3.11 only, to keep this stack's time down",
+    "maxlm.train.stages": "re-export of maxlm.run.stages (the public name), see above",
+    "maxlm.eval.stage_report": "imported by maxlm.run.stages after a stage (test_stages_chain, 3.11)",
+    "maxlm.interop.tokenizer_json": "its reference is transformers' tokenizer (torch-marked tests)",
     "maxlm.curate.__main__": "entry point; test_curate_scores runs it as a subprocess",
     "maxlm.curate.train_classifier": "run through `python -m maxlm.curate train-classifier` there",
     "maxlm.scaling.__main__": "entry point; test_cli_errors runs it as a subprocess",
@@ -79,4 +83,5 @@ print(json.dumps(dict(missing=[m for m in mods if m not in sys.modules], kernels
   assert r.returncode == 0, r.stderr[-2000:]
   out = json.loads(r.stdout.strip().splitlines()[-1])
   assert out["kernels"]
-  assert sorted(set(out["missing"]) - set(EXEMPT)) == [], "add a test file covering these to .ci/py312_tests.txt"
+  missing = sorted(set(out["missing"]) - set(EXEMPT))
+  assert missing == [], f"add a test file covering {missing} to .ci/py312_tests.txt"

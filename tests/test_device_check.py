@@ -3,6 +3,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -11,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.slow
 def test_device_check_dry_run_covers_every_section(tmp_path):
-  env = {**os.environ, "OUT": str(tmp_path)}
+  env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}  # the venv running the tests
   proc = subprocess.run(["bash", os.path.join(ROOT, "bench/device_check.sh"), "--dry-run"],
                         env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -24,6 +24,8 @@ from maxlm.eval import scoring  # noqa: E402
 from maxlm.eval.lm_eval_model import MaxlmLM  # noqa: E402
 from test_generate_hf import save_tiny_llama  # noqa: E402
 
+pytestmark = pytest.mark.torch  # lm-eval's hf model is the reference (3.11 stack only)
+
 MAX_LEN = 16  # short windows, so the rolling texts below span several
 
 

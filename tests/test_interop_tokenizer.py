@@ -24,6 +24,8 @@ from maxlm.data import pipeline
 from maxlm.data import tokenizer as tokenizer_lib
 from maxlm.interop import tokenizer_json
 
+pytestmark = pytest.mark.torch  # transformers is the reference (3.11 stack only)
+
 BOS_TEXT, EOS_TEXT = "<|begin_of_text|>", "<|end_of_text|>"
 PROBES = ["hello world", " leading space", "mid-word\n\tand tabs  ", "naïve café 数字 ☃ 3.14",
           "x  y   z\n\n", "To be, or not to be:"]

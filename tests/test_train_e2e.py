@@ -188,13 +188,12 @@ class _Poisoned:
         rows[k] = rng.integers(0, self.vocab, rows[k].shape).astype(np.int32)
     return rows
 
-  def get_state(self):
-    return json.dumps({"inner": self.inner.get_state(), "pos": self.pos}).encode()
+  def get_state(self):  # a JSON-ready dict, as maxlm's iterators give (maxlm/data/state.py)
+    return {"inner": self.inner.get_state(), "pos": self.pos}
 
   def set_state(self, state):
-    d = json.loads(state)
-    self.inner.set_state(d["inner"])
-    self.pos = d["pos"]
+    self.inner.set_state(state["inner"])
+    self.pos = state["pos"]
 
   def start_prefetch(self):
     pass
