@@ -59,7 +59,10 @@ def precompute(config, out_dir: str | None = None, *, steps: int | None = None) 
   steps = int(steps if steps is not None else config.train.steps)
   t_cfg = config.train
   seq_len = config.data.seq_len
-  mesh = make_mesh(*validate_config(config, jax.device_count()))
+  # The same mesh as the student run (maxlm/run/pretrain.py), context axis included,
+  # so the teacher's params are placed as the validated mesh shape says.
+  mesh = make_mesh(*validate_config(config, jax.device_count()),
+                   context=config.mesh.get("context", 1))
   rules = tuple(map(tuple, config.mesh.rules))
   batch_sh = batch_sharding(mesh, rules)
   os.makedirs(out_dir, exist_ok=True)
