@@ -56,7 +56,7 @@ def get_config(arg: str = "tiny"):
     with open(os.path.join(parent, "config.json")) as f:
       hf = model_config_from_hf(json.load(f))
     for k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
-              "rope_theta", "norm_eps", "tie_embeddings"):
+              "rope_theta", "norm_eps", "tie_embeddings", "sliding_window", "qkv_bias"):
       c.model[k] = getattr(hf, k)
     c.model.rope_scaling = hf.rope_scaling_dict
     c.init.lr_from_parent = ""  # an HF dir has no schedule to read: optim.peak_lr applies
