@@ -59,7 +59,7 @@ _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
 # (context extension of an imported model). Shape fields must come from the checkpoint.
 _OVERRIDABLE = ("compute_dtype", "param_dtype", "remat", "attention_impl", "scan_layers",
                 "init_std", "rope_theta", "rope_scaling", "norm_eps", "dropout", "z_loss")
-_SAVE_DTYPES = ("float32", "bfloat16", "float16")
+SAVE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 # --- Per-layer tensor mapping -------------------------------------------------
@@ -404,8 +404,8 @@ def export_checkpoint(model_config, params, out_dir, *, dtype: str = "float32",
   `dtype` is the tensor dtype on disk: float32 (exact) or bfloat16/float16.
   """
   cfg = ModelConfig.from_any(model_config)
-  if dtype not in _SAVE_DTYPES:
-    raise ValueError(f"dtype={dtype!r} is not one of {_SAVE_DTYPES}")
+  if dtype not in SAVE_DTYPES:
+    raise ValueError(f"dtype={dtype!r} is not one of {SAVE_DTYPES}")
   out_dtype = jnp.dtype(dtype)
   params = jax.device_get(nn.meta.unbox(params))
 
