@@ -129,7 +129,10 @@ def export_run(workdir: str, out_dir: str, *, step: int | None = None,
     path = os.path.join(tmp, "config.json")
     with open(path) as f:
       hf = json.load(f)
-    hf.update(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    # pad_token_id only when it is a token of its own: transformers makes it the
+    # embedding's padding_idx, whose row then never trains (EOS must keep learning).
+    pad = tok.pad_id if tok.pad_id not in (tok.eos_id, tok.bos_id) else None
+    hf.update(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=pad)
     with open(path, "w") as f:
       json.dump(hf, f, indent=2, sort_keys=True)
       f.write("\n")

@@ -139,8 +139,8 @@ def check_compatible(parent: Parent, model_cfg: ModelConfig, tokenizer_path: str
                      " parent's (set config.model to the parent's shape):\n  " + "\n  ".join(bad))
   from maxlm.data.tokenizer import tokenizer_hash  # pylint: disable=g-import-not-at-top
   theirs = rundir.tokenizer_path(parent.workdir if parent.kind == "maxlm" else parent.path)
-  if not os.path.isfile(theirs):
-    log.warning("init: the parent %s has no SentencePiece tokenizer.model to compare with; "
+  if not os.path.exists(theirs):  # a tokenizer file, or an HF directory
+    log.warning("init: the parent %s has no tokenizer to compare with; "
                 "make sure data.tokenizer.path is the parent's tokenizer", parent.path)
     return
   if tokenizer_hash(theirs) != tokenizer_hash(tokenizer_path):
