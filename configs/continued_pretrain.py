@@ -3,8 +3,20 @@ r"""Continued pretraining: adapt a base model to a domain without forgetting.
   python -m maxlm.train.stages --config=configs/continued_pretrain.py:tiny,parent=/tmp/maxlm_tiny \
       --workdir=/tmp/maxlm_cpt
 
-`parent` is a maxlm workdir or a Hugging Face Llama-family directory (then the
-model shape and tokenizer come from it). The recipe of Gupta et al. 2023 and
+`parent` is a maxlm workdir or a Hugging Face Llama / Mistral / Qwen2 directory
+(then the model shape, its sliding window or q/k/v biases, and its tokenizer
+-- tokenizer.json or tokenizer.model, with the special ids its
+tokenizer_config.json gives -- come from it). The stage logs the parent's
+held-out loss at step 0, before any update.
+
+Vocabulary extension (new domain words or chat tokens; new rows start at the
+mean of the old ones, old tokens' logits unchanged): extend the parent first,
+then train from the extended directory, and export the run as usual:
+
+  python -m maxlm.interop.vocab --parent=HF_DIR --tokens=new_tokens.txt --out=EXT_DIR
+  python -m maxlm.train.stages --config=configs/continued_pretrain.py:tiny,parent=EXT_DIR \
+      --workdir=/tmp/maxlm_cpt
+  python -m maxlm.interop.export --workdir=/tmp/maxlm_cpt --out=/tmp/maxlm_cpt_hf The recipe of Gupta et al. 2023 and
 Ibrahim et al. 2024 ("Simple and Scalable Strategies to Continually Pre-train
 LLMs"): params only (fresh optimizer), re-warm to a fraction of the original
 peak learning rate and decay again, and replay a little general data

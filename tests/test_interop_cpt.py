@@ -26,7 +26,7 @@ import torch  # noqa: E402  (the `reference` extra)
 import transformers  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
 
-pytestmark = [pytest.mark.torch, pytest.mark.slow]
+pytestmark = pytest.mark.torch  # transformers is the reference (3.11 stack only)
 
 import maxlm  # noqa: E402
 from maxlm import data as data_lib  # noqa: E402
@@ -121,6 +121,7 @@ def _hf_heldout_losses(parent, data_config, seq_len, global_batch):
   return out
 
 
+@pytest.mark.slow  # the stage runs as a subprocess (~40 s on 2 cores)
 def test_cpt_from_hf_dir_uses_the_parents_tokenizer(cpt_run, parent):
   c = _run_data_config(cpt_run)
   assert c["data"]["tokenizer"]["path"] == parent
@@ -129,6 +130,7 @@ def test_cpt_from_hf_dir_uses_the_parents_tokenizer(cpt_run, parent):
   assert manifest["parent"]["kind"] == "hf" and manifest["status"] == "done"
 
 
+@pytest.mark.slow
 def test_step0_heldout_loss_equals_transformers(cpt_run, parent):
   c = _run_data_config(cpt_run)
   step0 = [r for r in read_jsonl(os.path.join(cpt_run, "metrics.jsonl")) if r["step"] == 0]
@@ -145,6 +147,7 @@ def test_step0_heldout_loss_equals_transformers(cpt_run, parent):
   assert last and any(last[-1][f"eval/{d}/loss"] != step0[0][f"eval/{d}/loss"] for d in ref)
 
 
+@pytest.mark.slow
 def test_export_of_a_cpt_checkpoint_round_trips(cpt_run, parent, tmp_path):
   out = str(tmp_path / "hf")
   export.export_run(cpt_run, out, step=1)
