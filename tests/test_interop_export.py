@@ -168,3 +168,17 @@ def test_missing_workdir_and_bad_step_fail_in_one_line(maxlm_sp_run, tmp_path, c
   assert cli_main(["--workdir", workdir, "--out", str(tmp_path / "o"), "--step", "7"]) == 1
   assert "step 7 is not a committed checkpoint" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "o")
+
+
+def test_run_with_a_bare_tokenizer_json_exports_its_specials(hf_parent_dir, tmp_path):
+  """A bare tokenizer.json (no config beside it): maxlm's reading of its BOS/EOS is written
+  into tokenizer_config.json, so AutoTokenizer frames text as maxlm does."""
+  bare = os.path.join(hf_parent_dir, "tokenizer.json")
+  tok = tokenizer_lib.load(bare)
+  assert tok.bos_id is not None and tok.eos_id is not None and tok.add_bos
+  cfg = _model(tok.vocab_size, sliding_window=4)  # a Mistral-shaped run
+  workdir, params = _finished_run(tmp_path / "run", cfg, tokenizer_path=bare)
+  out = str(tmp_path / "hf")
+  export.export_run(workdir, out)
+  assert json.load(open(os.path.join(out, "config.json")))["model_type"] == "mistral"
+  _check_round_trip(workdir, params, cfg, out)
