@@ -64,13 +64,9 @@ def get_config(arg: str = "tiny"):
   c.init.lr_from_parent = "peak"
   c.init.lr_scale = float(opts.get("lr_scale", 0.5))  # re-warm to half the original peak
   if _is_hf(parent):
-    from maxlm.interop.hf import model_config_from_hf  # pylint: disable=g-import-not-at-top
-    with open(os.path.join(parent, "config.json")) as f:
-      hf = model_config_from_hf(json.load(f))
-    for k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
-              "rope_theta", "norm_eps", "tie_embeddings", "sliding_window", "qkv_bias"):
-      c.model[k] = getattr(hf, k)
-    c.model.rope_scaling = hf.rope_scaling_dict
+    from maxlm.interop.hf import stage_model_fields  # pylint: disable=g-import-not-at-top
+    for k, v in stage_model_fields(parent).items():  # shape, RoPE, window, biases
+      c.model[k] = v
     c.init.lr_from_parent = ""  # an HF dir has no schedule to read: optim.peak_lr applies
     c.optim.peak_lr = c.optim.peak_lr * c.init.lr_scale
     c.data.tokenizer.path = parent_tokenizer_path(parent)

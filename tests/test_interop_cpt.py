@@ -12,6 +12,9 @@ step 0 (before any update) equals transformers' loss on the same held-out
 tokens, each packed document run through the HF model on its own with the
 batch's positions; and an export of one of its checkpoints (--step) loads in
 transformers as the same family with maxlm's logits and the parent's tokenizer.
+The anneal and long-context stages start from the same HF parent (one update
+each; the anneal's step-0 loss is transformers' too, the long-context stage's is
+not, by design: it changes RoPE before the first update).
 """
 import json
 import os
@@ -71,19 +74,23 @@ def parent(tmp_path_factory):
   return str(root)
 
 
-@pytest.fixture(scope="module")
-def cpt_run(parent, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("cpt") / "run")
-  cmd = [sys.executable, "-m", "maxlm.train.stages",
-         f"--config=configs/continued_pretrain.py:tiny,parent={parent},steps=2",
-         "--config.optim.schedule.warmup_steps=1", "--config.data.seq_len=64",
-         "--config.train.global_batch=8", "--config.data.eval_batches=1",
-         "--config.ckpt.every=1", "--config.monitor.tensorboard=False",
-         "--config.monitor.plot=False", f"--workdir={workdir}"]
+def _run_stage(config_arg, workdir, *overrides):
+  """`python -m maxlm.train.stages` as the README runs it, shrunk by --config overrides."""
+  cmd = [sys.executable, "-m", "maxlm.train.stages", f"--config={config_arg}",
+         "--config.data.eval_batches=1", "--config.monitor.tensorboard=False",
+         "--config.monitor.plot=False", *overrides, f"--workdir={workdir}"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   return workdir
+
+
+@pytest.fixture(scope="module")
+def cpt_run(parent, tmp_path_factory):
+  return _run_stage(f"configs/continued_pretrain.py:tiny,parent={parent},steps=2",
+                    str(tmp_path_factory.mktemp("cpt") / "run"),
+                    "--config.optim.schedule.warmup_steps=1", "--config.data.seq_len=64",
+                    "--config.train.global_batch=8", "--config.ckpt.every=1")
 
 
 def _run_data_config(workdir):
@@ -167,3 +174,32 @@ def test_export_of_a_cpt_checkpoint_round_trips(cpt_run, parent, tmp_path):
     ref = model(torch.as_tensor([ids])).logits.numpy()
   got = np.asarray(maxlm.forward(cfg, params, np.asarray([ids], np.int32)))
   assert float(np.max(np.abs(got - ref)) / np.max(np.abs(ref))) < 1e-4
+
+
+def _step0(workdir):
+  (row,) = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["step"] == 0]
+  return row
+
+
+@pytest.mark.slow
+def test_anneal_and_long_context_from_an_hf_parent(parent, tmp_path):
+  anneal = _run_stage(f"configs/anneal.py:tiny,parent={parent},steps=1", str(tmp_path / "anneal"),
+                      "--config.data.seq_len=64", "--config.train.global_batch=8")
+  c = _run_data_config(anneal)
+  assert c["data"]["tokenizer"]["path"] == parent and c["model"]["sliding_window"] == WINDOW
+  assert (c["init"]["carry"], c["init"]["lr_from_parent"]) == ("params", "")
+  ref = _hf_heldout_losses(parent, c["data"], 64, 8)
+  for domain, want in ref.items():
+    assert abs(_step0(anneal)[f"eval/{domain}/loss"] - want) < 1e-4 * want, domain
+
+  long_dir = _run_stage(f"configs/long_context.py:tiny,parent={parent},orig=64,lengths=64/128,"
+                        "steps=1", str(tmp_path / "long"), "--config.train.tokens_per_step=1024",
+                        "--config.optim.schedule.warmup_steps=1",
+                        "--config.train.global_batch=16", "--config.data.seq_len=64")
+  for sub in ("len_64", "len_128"):
+    c = _run_data_config(os.path.join(long_dir, sub))
+    assert c["data"]["tokenizer"]["path"] == parent
+    assert (c["model"]["vocab_size"], c["model"]["sliding_window"]) == (512, WINDOW)
+    assert c["model"]["rope_scaling"]["rope_type"] == "yarn"
+  assert np.isfinite(list(v for k, v in _step0(os.path.join(long_dir, "len_64")).items()
+                          if k.endswith("/loss"))).all()

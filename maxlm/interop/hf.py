@@ -220,6 +220,21 @@ def model_config_from_hf(hf: Mapping[str, Any], model_overrides: Mapping[str, An
   return cfg
 
 
+# ModelConfig fields a stage takes from an HF parent: its shape, RoPE and family options
+# (execution fields -- dtypes, remat, attention_impl -- stay the stage config's).
+STAGE_MODEL_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                      "d_ff", "rope_theta", "rope_scaling", "norm_eps", "tie_embeddings",
+                      "sliding_window", "qkv_bias")
+
+
+def stage_model_fields(hf_dir) -> dict:
+  """{field: value} for `config.model` of a stage whose parent is the HF directory hf_dir."""
+  with open(os.path.join(os.fspath(hf_dir), "config.json")) as f:
+    cfg = model_config_from_hf(json.load(f))
+  return {k: cfg.rope_scaling_dict if k == "rope_scaling" else getattr(cfg, k)
+          for k in STAGE_MODEL_FIELDS}
+
+
 def hf_family(model_config) -> str:
   """The HF model_type that computes `model_config`: qwen2 (q/k/v biases), mistral (a
   sliding window and no biases), else llama."""
