@@ -153,10 +153,14 @@ def test_windowed_attention_equals_dense_reference():
     np.testing.assert_allclose(np.asarray(got), ref, atol=2e-5, rtol=2e-5, err_msg=impl)
 
 
-def test_window_refused_where_unimplemented():
+def test_window_refused_where_unimplemented(tmp_path):
   x = jnp.zeros((1, 8, 2, 8))
   with pytest.raises(ValueError, match="sliding_window"):
     attention_lib.attention(x, x, x, None, impl="cudnn", window=4)
+  # and at config time, naming both fields, before anything is traced
+  with pytest.raises(ValueError, match="sliding_window=5 needs model.attention_impl"):
+    import_checkpoint(_saved(_hf_model("mistral", sliding_window=5), tmp_path),
+                      model_overrides={"attention_impl": "splash"})
 
 
 def test_decode_with_window_equals_forward(tmp_path):

@@ -93,6 +93,10 @@ class ModelConfig:
       raise ValueError(f"model.mtp_weight={self.mtp_weight} must be >= 0")
     if self.sliding_window is not None and self.sliding_window < 1:
       raise ValueError(f"model.sliding_window={self.sliding_window} must be >= 1 (or None)")
+    if self.sliding_window is not None and self.attention_impl not in ("xla", "pallas"):
+      raise ValueError(f"model.sliding_window={self.sliding_window} needs model.attention_impl"
+                       f" 'xla' or 'pallas' (the implementations with a window), not"
+                       f" {self.attention_impl!r}")
     if self.z_loss < 0:
       raise ValueError(f"model.z_loss={self.z_loss} must be >= 0")
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff"):
