@@ -51,7 +51,8 @@ log = logging.getLogger("maxlm.train")
 MANIFEST = "stage_manifest.json"
 CARRY = ("params", "full")
 LR_FROM_PARENT = ("", "final", "peak")
-# Fields that define the parameter shapes; a stage must match its parent's.
+# Fields that define the parameter shapes (and, for the window, what they were trained
+# to compute); a stage must match its parent's.
 _SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
                  "d_ff", "tie_embeddings", "qkv_bias", "sliding_window")
 # Family fields newer than some saved configs: a parent without them had the default.
