@@ -30,10 +30,9 @@ held-out loss over the run, side by side.
 """
 
 import importlib.util
-import json
 import os
 
-from maxlm.checkpoint.rundir import parent_tokenizer_path
+from maxlm.checkpoint.rundir import is_hf_dir, parent_tokenizer_path
 
 
 def _pretrain():
@@ -42,14 +41,6 @@ def _pretrain():
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod
-
-
-def _is_hf(path: str) -> bool:
-  cfg = os.path.join(path, "config.json")
-  if not path or not os.path.isfile(cfg) or os.path.isdir(os.path.join(path, "checkpoints")):
-    return False
-  with open(cfg) as f:
-    return "model_type" in json.load(f)
 
 
 def get_config(arg: str = "tiny"):
@@ -63,7 +54,7 @@ def get_config(arg: str = "tiny"):
   c.init.carry = "params"  # a fresh optimizer: the new data's gradient statistics differ
   c.init.lr_from_parent = "peak"
   c.init.lr_scale = float(opts.get("lr_scale", 0.5))  # re-warm to half the original peak
-  if _is_hf(parent):
+  if parent and is_hf_dir(parent):
     from maxlm.interop.hf import stage_model_fields  # pylint: disable=g-import-not-at-top
     for k, v in stage_model_fields(parent).items():  # shape, RoPE, window, biases
       c.model[k] = v
