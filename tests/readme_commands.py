@@ -8,19 +8,26 @@ comment on the line just above it, invisible in the rendered page, tells the tes
 
   <!-- readme-test: key=value key="a value with spaces" ... -->
 
-  skip="reason"       not run by the test (a GPU, a cluster, a placeholder such as <task>)
+  skip="reason"       not run by the test (a GPU, a cluster, data not shipped); few, each saying why
   ci=NAME             .ci/run runs this block verbatim as step NAME (`install`, `test`)
   sub="OLD=>NEW"      literal substitution before running, e.g. tiny sizes (repeatable)
   expect=a,b          files (relative to the run directory) the block must leave behind
   timeout=SECONDS     per block (default 600)
 
-The test runs blocks in order (README.md, then docs/*.md by name) in one temporary directory,
-so later blocks use earlier outputs (`runs/tiny`). Inside a block, `&&`-chained set-up steps
-(`python3 -m venv`, `. .venv/bin/activate`, `pip install`) are dropped: the test runs in the
-environment those steps built (.ci/run ran them first). Absolute `/tmp/` paths in docs are
+Every ``` fence needs a language (an unlabelled one is an error: a command the test would
+miss); only bash/sh/shell blocks run, and a directive above any other block is an error.
+
+The test runs blocks in order (README.md, then docs/*.md by name) in one temporary copy of the
+repository, so later blocks use earlier outputs (`runs/tiny`). A block waits for every earlier
+block that names one of the same outputs (relative paths that are not part of the repository,
+keyed `runs/<name>`, `tmp/<name>` or their first component, e.g. `raw`); blocks that share
+none run side by side, $README_TEST_JOBS (default 2) at a time. Inside a block, `&&`-chained
+set-up steps (`python3 -m venv`, `. .venv/bin/activate`, `pip install`) are dropped: the test
+runs in the environment those steps built (.ci/run ran them first). Absolute `/tmp/` paths in docs are
 moved into the run directory.
 
   python3 tests/readme_commands.py ci install    # print the block CI runs as `install`
+  python3 tests/readme_commands.py run [DIR]     # run every block as tests/test_readme.py does
 """
 from __future__ import annotations
 
