@@ -77,6 +77,10 @@ def model_config(size: str) -> ml_collections.ConfigDict:
       attention_impl="xla",  # xla | pallas | splash | cudnn
       scan_layers=True,  # one compiled block; compile time independent of L
       init_std=0.02,
+      # Large vocabularies: the LM head and cross entropy run 256 tokens at a time, so the
+      # [B, T, V] float32 logits never exist (maxlm/model/loss.py; 7.8 GiB for the 1b
+      # preset at 8 x 2048). Small vocabularies keep dense logits (0), which are faster there.
+      loss_chunk=256 if V >= 32768 else 0,
   ))
 
 

@@ -76,3 +76,32 @@ def test_bad_task_entries_fail_clearly(tmp_path):
   with pytest.raises(ValueError, match="holds no YAML file with a 'task:' name"):
     harness_hook.resolve_tasks([str(tmp_path / "empty")])
   assert harness_hook.resolve_tasks(["hellaswag"]) == (["hellaswag"], [])
+
+
+@pytest.mark.slow
+def test_training_run_logs_harness_and_mtp_next_to_the_trunk_loss(tmp_path, tokenizer_path):
+  """One tiny run with both options on: config.eval.harness every 4 steps on the live params,
+  and model.mtp_depth=1. metrics.jsonl carries the trunk's `loss`, the MTP term `mtp` and
+  `harness/<task>/acc` (a fraction of the `limit` documents), and harness.png is drawn."""
+  from conftest import tiny_test_config
+  from maxlm.monitor import read_jsonl
+  from maxlm.run.pretrain import train
+  rng = np.random.default_rng()
+  rows = [dict(q=" the", choices=["king", "queen", "lord"], answer=int(rng.integers(3)))
+          for _ in range(4)]
+  _write_tasks(tmp_path / "tasks", rows)
+  cfg = tiny_test_config(**{
+      "data.tokenizer.path": tokenizer_path, "train.steps": 8, "model.mtp_depth": 1,
+      "eval.harness.tasks": (str(tmp_path / "tasks"),), "eval.harness.every": 4,
+      "eval.harness.limit": 4, "eval.harness.batch_size": 4})
+  summary = train(cfg, str(tmp_path / "run"))
+  assert summary["step"] == 8
+  lines = read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))
+  steps = [r for r in lines if "loss" in r]
+  assert steps and all(np.isfinite(r["loss"]) and r["mtp"] > 0 for r in steps)
+  # MTP predicts a token further ahead than the trunk: its loss is not the trunk's.
+  assert all(r["mtp"] != r["loss"] for r in steps)
+  harness = [r for r in lines if "harness/ctxmix_tiny_mc/acc" in r]
+  assert [r["step"] for r in harness] == [4, 8]
+  assert all(r["harness/ctxmix_tiny_mc/acc"] in (0.0, 0.25, 0.5, 0.75, 1.0) for r in harness)
+  assert os.path.getsize(tmp_path / "run" / "harness.png") > 0
