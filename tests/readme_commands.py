@@ -37,6 +37,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -194,13 +195,22 @@ def run_block(block: Block, run_dir: str, env: dict | None = None) -> Result:
     return Result(block, None)
   cmd = block.test_command(run_dir)
   t0 = time.monotonic()
-  try:
-    p = subprocess.run(["bash", "-euo", "pipefail", "-c", cmd], cwd=run_dir,
+  # Its own process group, so that a timeout or an interrupted test ends the block's python
+  # processes too, not only the bash that started them.
+  p = subprocess.Popen(["bash", "-euo", "pipefail", "-c", cmd], cwd=run_dir,
                        env=env or test_env(run_dir), stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, timeout=block.timeout)
-    rc, out = p.returncode, p.stdout.decode(errors="replace")
-  except subprocess.TimeoutExpired as e:
-    rc, out = 124, (e.stdout or b"").decode(errors="replace") + f"\n[timed out after {block.timeout} s]"
+                       stderr=subprocess.STDOUT, start_new_session=True)
+  try:
+    out, _ = p.communicate(timeout=block.timeout)
+    rc, out = p.returncode, out.decode(errors="replace")
+  except subprocess.TimeoutExpired:
+    os.killpg(p.pid, signal.SIGKILL)
+    out, _ = p.communicate()
+    rc, out = 124, out.decode(errors="replace") + f"\n[timed out after {block.timeout} s]"
+  except BaseException:
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    raise
   return Result(block, rc, time.monotonic() - t0, f"$ {cmd}\n{out}", block.missing(run_dir) if rc == 0 else [])
 
 

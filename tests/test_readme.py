@@ -103,3 +103,24 @@ def test_every_readme_and_docs_command_runs(tmp_path):
   print(f"README and docs commands: {time.monotonic() - t0:.0f} s wall")
   bad = [r for r in results if not r.ok]
   assert not bad, "\n\n".join(f"=== {r.describe()}\n{r.output[-3000:]}" for r in bad)
+
+
+def test_a_block_past_its_timeout_is_stopped_with_its_children(tmp_path):
+  repo = tmp_path / "repo"
+  _write(str(repo / "README.md"), "<!-- readme-test: timeout=2 -->\n```bash\n"
+         "sleep 60 & echo $! > child.pid; wait\n```\n")
+  run_dir = rc.copy_repo(str(tmp_path / "run"), str(repo))
+  t0 = time.monotonic()
+  (result,) = rc.run_all(rc.all_blocks(run_dir), run_dir, log=lambda _: None)
+  assert result.rc == 124 and "timed out after 2 s" in result.output
+  assert time.monotonic() - t0 < 30
+  with open(os.path.join(run_dir, "child.pid")) as f:
+    child = int(f.read())
+  for _ in range(50):  # the killed sleep is reaped by init shortly after
+    try:
+      os.kill(child, 0)
+    except ProcessLookupError:
+      break
+    time.sleep(0.1)
+  else:
+    raise AssertionError(f"the block's child {child} outlived the timeout")
