@@ -15,24 +15,14 @@ going linearly to 0 (Dubey et al. 2024, section 3.1.3); MiniCPM's WSD decay
 rate is read from its config (init.lr_from_parent='final').
 """
 
-import importlib.util
-import os
-
+from maxlm import config_files
 from maxlm.checkpoint.rundir import parent_tokenizer_path
 
 
-def _pretrain():
-  spec = importlib.util.spec_from_file_location(
-      "maxlm_configs_pretrain", os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
 def get_config(arg: str = "tiny"):
-  pretrain = _pretrain()
-  opts = pretrain._parse(arg)  # pylint: disable=protected-access
-  local = bool(opts["runlocal"]) or opts["size"] == "tiny"
+  pretrain = config_files.pretrain(__file__)
+  opts = pretrain.parse(arg)
+  local = pretrain.is_local(opts)
   c = pretrain.get_config(arg)
 
   c.init.from_checkpoint = opts.get("parent", "")

@@ -17,33 +17,17 @@ held-out loss over the run, side by side.
 `replay=<fraction>`, `lr_scale=<fraction of the parent's peak>`.
 """
 
-import importlib.util
 import json
 import os
 
-from maxlm.checkpoint.rundir import parent_tokenizer_path
-
-
-def _pretrain():
-  spec = importlib.util.spec_from_file_location(
-      "maxlm_configs_pretrain", os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
-def _is_hf(path: str) -> bool:
-  cfg = os.path.join(path, "config.json")
-  if not path or not os.path.isfile(cfg) or os.path.isdir(os.path.join(path, "checkpoints")):
-    return False
-  with open(cfg) as f:
-    return "model_type" in json.load(f)
+from maxlm import config_files
+from maxlm.checkpoint.rundir import is_hf_dir, parent_tokenizer_path
 
 
 def get_config(arg: str = "tiny"):
-  pretrain = _pretrain()
-  opts = pretrain._parse(arg)  # pylint: disable=protected-access
-  local = bool(opts["runlocal"]) or opts["size"] == "tiny"
+  pretrain = config_files.pretrain(__file__)
+  opts = pretrain.parse(arg)
+  local = pretrain.is_local(opts)
   c = pretrain.get_config(arg)
   parent = opts.get("parent", "")
 
@@ -51,7 +35,7 @@ def get_config(arg: str = "tiny"):
   c.init.carry = "params"  # a fresh optimizer: the new data's gradient statistics differ
   c.init.lr_from_parent = "peak"
   c.init.lr_scale = float(opts.get("lr_scale", 0.5))  # re-warm to half the original peak
-  if _is_hf(parent):
+  if parent and is_hf_dir(parent):
     from maxlm.interop.hf import model_config_from_hf  # pylint: disable=g-import-not-at-top
     with open(os.path.join(parent, "config.json")) as f:
       hf = model_config_from_hf(json.load(f))

@@ -16,20 +16,10 @@ plain next-token loss by `alpha`, optionally ramped linearly to `alpha_end`.
 `offline_dir=<dir>` (offline top-k, see maxlm/distill/precompute.py).
 """
 
-import importlib.util
-import os
-
+from maxlm import config_files
 from maxlm.checkpoint.rundir import parent_tokenizer_path
 
 import ml_collections
-
-
-def _pretrain():
-  spec = importlib.util.spec_from_file_location(
-      "maxlm_configs_pretrain", os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
 
 
 # A student smaller than `tiny` (V, D, L, N, K, H, F): half the width, one layer.
@@ -37,8 +27,8 @@ STUDENTS = {"tiny_student": (512, 32, 1, 2, 1, 16, 96)}
 
 
 def get_config(arg: str = "tiny"):
-  pretrain = _pretrain()
-  opts = pretrain._parse(arg)  # pylint: disable=protected-access
+  pretrain = config_files.pretrain(__file__)
+  opts = pretrain.parse(arg)
   c = pretrain.get_config(arg)
   student = opts.get("student", "tiny_student" if opts["size"] == "tiny" else opts["size"])
   if student in STUDENTS:

@@ -29,18 +29,8 @@ fits on one 80 GB GPU is to be measured and written in BENCHMARKS.md (not yet
 measured: no GPU was lent to the session that wrote this).
 """
 
-import importlib.util
-import os
-
+from maxlm import config_files
 from maxlm.checkpoint.rundir import parent_tokenizer_path
-
-
-def _pretrain():
-  spec = importlib.util.spec_from_file_location(
-      "maxlm_configs_pretrain", os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
 
 
 def rope_scaling(kind: str, factor: float, original: int, theta: float):
@@ -63,9 +53,9 @@ def rope_scaling(kind: str, factor: float, original: int, theta: float):
 
 
 def get_config(arg: str = "tiny"):
-  pretrain = _pretrain()
-  opts = pretrain._parse(arg)  # pylint: disable=protected-access
-  local = bool(opts["runlocal"]) or opts["size"] == "tiny"
+  pretrain = config_files.pretrain(__file__)
+  opts = pretrain.parse(arg)
+  local = pretrain.is_local(opts)
   c = pretrain.get_config(arg)
   parent = opts.get("parent", "")
   original = int(opts.get("orig", c.data.seq_len))

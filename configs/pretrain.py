@@ -47,7 +47,11 @@ RULES = (
 )
 
 
-def _parse(arg: str) -> dict:
+def parse(arg: str) -> dict:
+  """'size=125m,runlocal,parent=/x' -> {'size': '125m', 'runlocal': True, 'parent': '/x'}.
+
+  The stage configs parse their `arg` with this too (their own options ride along).
+  """
   opts = {"size": "tiny", "runlocal": False}
   for part in filter(None, (arg or "").split(",")):
     if "=" in part:
@@ -60,6 +64,14 @@ def _parse(arg: str) -> dict:
   if opts["size"] not in PRESETS:
     raise ValueError(f"configs/pretrain.py: unknown size {opts['size']!r}; one of {list(PRESETS)}")
   return opts
+
+
+_parse = parse  # the name stage configs used before
+
+
+def is_local(opts: dict) -> bool:
+  """CPU-sized (short sequences, small batches, few steps): `runlocal`, or the tiny model."""
+  return bool(opts["runlocal"]) or opts["size"] == "tiny"
 
 
 def model_config(size: str) -> ml_collections.ConfigDict:
@@ -85,8 +97,8 @@ def model_config(size: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-  opts = _parse(arg)
-  size, local = opts["size"], bool(opts["runlocal"]) or opts["size"] == "tiny"
+  opts = parse(arg)
+  size, local = opts["size"], is_local(opts)
   c = ml_collections.ConfigDict()
 
   c.model = model_config(size)

@@ -60,12 +60,12 @@ def test_a_non_number_names_file_line_and_column(tmp_path):
 def test_the_command_prints_one_line_and_exits_2(tmp_path):
   path = _csv(tmp_path / "r.csv", _points(8))
   r = subprocess.run([sys.executable, "-m", "maxlm.scaling", "fit", path], cwd=ROOT,
-                     capture_output=True, text=True, timeout=120)
+                     capture_output=True, text=True, timeout=1800)
   assert r.returncode == 2 and r.stdout == ""
   lines = r.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(f"error: {path}: no column 'final_loss'")
   r = subprocess.run([sys.executable, "-m", "maxlm.scaling", "fit", path, "--debug"], cwd=ROOT,
-                     capture_output=True, text=True, timeout=120)
+                     capture_output=True, text=True, timeout=1800)
   assert r.returncode == 1 and "Traceback" in r.stderr
 
 

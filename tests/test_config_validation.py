@@ -139,7 +139,7 @@ def test_tokenizer_larger_than_the_embedding_names_the_fix(tokenizer_600):
 def _train_cli(*overrides, env=None):
   cmd = [sys.executable, "-m", "maxlm.train", "--config=configs/pretrain.py:tiny",
          "--workdir=unused_never_created", *overrides]
-  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800,
                         env=dict(os.environ, JAX_PLATFORMS="cpu", **(env or {})))
 
 

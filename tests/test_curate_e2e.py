@@ -96,7 +96,7 @@ def test_curate_prepare_train(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   proc = subprocess.run([sys.executable, "-m", "maxlm.data.prepare", f"--config={cfg_file}",
                          f"--tokenizer={tok}", f"--out={shards}"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-3000:]
   manifest = json.load(open(shards / "manifest.json"))
   src = manifest["sources"]["curated"]
@@ -105,7 +105,7 @@ def test_curate_prepare_train(tmp_path):
   workdir = tmp_path / "run"
   proc = subprocess.run([sys.executable, "-m", "maxlm.train", f"--config={cfg_file}", f"--workdir={workdir}",
                          f"--config.data.tokenizer.path={tok}", f"--config.data.prepared_dir={shards}"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-3000:]
   done = json.load(open(workdir / "done.json"))
   assert done["step"] == 6

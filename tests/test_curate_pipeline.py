@@ -175,7 +175,7 @@ def test_command_line(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "maxlm.curate", "--config=configs/curate.py:dedup,runlocal",
        f"--input={d}/*.jsonl", f"--output={out}", "--direct_running_mode=in_memory"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
+      cwd=ROOT, capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-2000:]
   summary = json.load(open(out / "summary.json"))
   assert [s["stage"] for s in summary["stages"]] == ["read", "normalize", "exact_dedup", "near_dedup"]

@@ -160,7 +160,7 @@ def test_train_classifier_command_and_stage(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "maxlm.curate", "train-classifier", f"--positive={tmp_path}/pos.jsonl",
        f"--negative={tmp_path}/neg.jsonl", f"--output={model}", "--n_buckets=16384",
-       "--heldout_fraction=0.2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+       "--heldout_fraction=0.2"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-2000:]
   stats = json.load(open(str(model) + ".json"))
   assert stats["labels"] == ["negative", "positive"] and stats["heldout_docs"] > 20

@@ -229,7 +229,7 @@ def test_resume_in_a_new_process_sees_the_next_100_rows(tok, tmp_path):
   want = [next(it) for _ in range(25)]  # 100 rows
   out = tmp_path / "rows.npz"
   script = _RESUME_SCRIPT.format(root=ROOT, tok=tok, ckpt=str(ckpt), out=str(out))
-  subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, timeout=120)
+  subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, timeout=1800)
   got = np.load(out)
   for k in want[0]:
     np.testing.assert_array_equal(got[k], np.concatenate([w[k] for w in want]), err_msg=k)

@@ -108,7 +108,7 @@ def test_cli_on_beam_writes_the_same_shards(prepared, tmp_path):
          "--config.sources.shakespeare.max_docs=25", "--config.sources.stdlib.max_docs=25",
          "--config.heldout_fraction=0.1",
          "--direct_num_workers=2"]  # a Beam pipeline flag, passed through
-  res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
   assert res.returncode == 0, res.stderr[-3000:]
   got = json.load(open(out / "manifest.json"))
   want = json.load(open(os.path.join(ref, "manifest.json")))

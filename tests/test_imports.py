@@ -7,7 +7,12 @@ too. The three compatibility modules kept in maxlm/train for old callers
 named here explicitly.
 """
 import ast
+import glob
+import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -31,6 +36,22 @@ def _modules() -> dict[str, str]:
       for f in files:
         if f.endswith(".py"):
           out[_module_name(os.path.join(d, f))] = os.path.join(d, f)
+  return out
+
+
+def _lazy_edges(pkg: str, tree, mods) -> set[str]:
+  """Submodules a lazy package `__init__` (PEP 562) names in its `_WHERE = {name: submodule}`.
+
+  They are imported with importlib on first use, which the AST walk cannot see:
+  without these edges a cycle through a lazy package would go unnoticed.
+  """
+  out = set()
+  for node in tree.body:
+    if (isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "_WHERE" for t in node.targets)
+        and isinstance(node.value, ast.Dict)):
+      for v in node.value.values:
+        if isinstance(v, ast.Constant) and f"{pkg}.{v.value}" in mods:
+          out.add(f"{pkg}.{v.value}")
   return out
 
 
@@ -59,6 +80,7 @@ def _graph() -> dict[str, set[str]]:
           t = t.rpartition(".")[0]
         if t and t != name:
           edges.add(t)
+    edges |= _lazy_edges(name, tree, mods) if path.endswith("__init__.py") else set()
     graph[name] = edges
   return graph
 
@@ -97,6 +119,9 @@ def test_the_graph_is_read_from_the_source():
   assert "maxlm.train.step" in g["maxlm.run.pretrain"]
   assert "maxlm.model" in g["maxlm.train.losses"]
   assert "maxlm.run.pretrain" in g["maxlm.train.driver"]
+  # Lazy packages keep their edges (read from `_WHERE`).
+  assert "maxlm.checkpoint.manager" in g["maxlm.checkpoint"]
+  assert "maxlm.data.pipeline" in g["maxlm.data"]
 
 
 def test_no_import_cycles_between_modules():
@@ -135,3 +160,46 @@ def test_no_upward_imports(lower, forbidden):
                if (m == lower or m.startswith(lower + ".")) and m not in COMPAT_ENTRY_POINTS
                for e in edges if any(e == f or e.startswith(f + ".") for f in forbidden))
   assert not bad, bad
+
+
+# Loads each stage config as `python -m maxlm.train` would, one after another in one
+# fresh interpreter, and names the first whose loading brought in a heavy library.
+# (A module a later config shares with an earlier one was already checked with it.)
+_LOAD_CONFIGS = textwrap.dedent("""
+    import importlib, json, sys
+    heavy = ("jax", "flax", "optax", "orbax", "grain")
+    for name, arg in json.loads(sys.argv[1]):
+      c = importlib.import_module("configs." + name).get_config(*([arg] if arg else []))
+      loaded = [m for m in heavy if m in sys.modules]
+      if loaded:
+        call = f"get_config({arg!r})" if arg else "get_config()"
+        sys.exit(f"configs/{name}.py:{call} imported {loaded}")
+      if name in ("anneal", "long_context", "continued_pretrain") and "parent=" in arg:
+        print(name, c.data.tokenizer.path)
+""")
+
+
+def _config_names() -> list[str]:
+  return sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                if not p.endswith("__init__.py"))
+
+
+def test_loading_a_config_imports_no_jax(tmp_path):
+  """Stage configs are data: loading one (defaults, or naming a parent run) imports no jax."""
+  names = _config_names()
+  assert {"pretrain", "anneal", "long_context", "continued_pretrain", "distill"} <= set(names)
+  # A parent maxlm run whose config names its tokenizer: the stages must take it from there.
+  parent = tmp_path / "parent"
+  (parent / "checkpoints").mkdir(parents=True)
+  (parent / "config.json").write_text(json.dumps({"data": {"tokenizer": {"path": "/tok/p.model"}},
+                                                  "model": {}}))
+  jobs = [(n, "") for n in names]
+  jobs += [(n, f"tiny,parent={parent}") for n in ("anneal", "long_context", "continued_pretrain")]
+  jobs += [("distill", f"tiny,teacher={parent}")]
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  out = subprocess.run([sys.executable, "-c", _LOAD_CONFIGS, json.dumps(jobs)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert sorted(out.stdout.split()) == sorted(
+      ["anneal", "/tok/p.model", "long_context", "/tok/p.model", "continued_pretrain",
+       "/tok/p.model"]), out.stdout

@@ -302,7 +302,7 @@ def test_a_second_process_on_a_locked_workdir_refuses(tmp_path):
     # The CLI says it in one line and exits non-zero, before building anything.
     cli = subprocess.run([sys.executable, "-m", "maxlm.train", "--config=configs/pretrain.py:tiny",
                           f"--workdir={wd}"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+                         timeout=1800)
     assert cli.returncode != 0
     last = cli.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: workdir {wd} is in use by another run (pid {holder.pid}"), last

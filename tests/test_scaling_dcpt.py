@@ -154,7 +154,7 @@ def test_mix_ratio_cli_json(tmp_path):
       [sys.executable, "-m", "maxlm.scaling", "mix-ratio", str(path), "--r-col", "domain_ratio",
        "--domain-loss-col", "eval/code/loss", "--general-loss-col", "eval/prose/loss", "--n-col", "params",
        "--d-col", "tokens", "--n", "3e8", "--d", "3e10", "--max-general-increase", "0.02", "--json"],
-      capture_output=True, text=True, check=True, timeout=120)
+      capture_output=True, text=True, check=True, timeout=1800)
   res = json.loads(out.stdout)
   assert set(res) >= {"domain", "general", "optimum"}
   assert abs(res["domain"]["gamma"] - TRUE_DOMAIN["gamma"]) < 0.05

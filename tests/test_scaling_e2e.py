@@ -25,7 +25,7 @@ from maxlm.scaling import cli
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _cli(*args, timeout=400):
+def _cli(*args, timeout=1800):
   out = subprocess.run([sys.executable, "-m", "maxlm.scaling", *args], cwd=ROOT, capture_output=True, text=True,
                        timeout=timeout)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]

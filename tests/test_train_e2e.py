@@ -118,7 +118,7 @@ def test_sigkill_then_resume_reproduces_the_loss_curve(tmp_path, tokenizer_path,
   proc.kill()
   proc.wait()
   assert not os.path.exists(tmp_path / "done.json"), "the run finished before it was killed"
-  rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert "resumed from step" in rerun.stderr
   assert _losses(str(tmp_path)) == _losses(ref_dir)

@@ -13,14 +13,23 @@ Public API (what the training driver calls):
   write_reports(data_config, iterator, workdir) -> table (also written there)
   error_report(data_config) -> str         (bad input per file)
 
+Names are imported on first use (PEP 562): a stage config that imports
+`maxlm.data.config` must not pull in the Grain pipeline and with it jax.
+
 Never imports maxlm.model or maxlm.train.
 """
-from maxlm.data.config import default_data_config, domain_names
-from maxlm.data.pipeline import make_eval_batches, make_train_iterator
-from maxlm.data.reports import error_report, reuse_report, write_reports
-from maxlm.data.sources import DataErrorBudgetExceeded
-from maxlm.data.tokenizer import build_tokenizer
+import importlib
 
-__all__ = ["DataErrorBudgetExceeded", "build_tokenizer", "default_data_config",
-           "domain_names", "error_report", "make_eval_batches",
-           "make_train_iterator", "reuse_report", "write_reports"]
+_WHERE = {
+    "default_data_config": "config", "domain_names": "config",
+    "make_eval_batches": "pipeline", "make_train_iterator": "pipeline",
+    "error_report": "reports", "reuse_report": "reports", "write_reports": "reports",
+    "DataErrorBudgetExceeded": "sources", "build_tokenizer": "tokenizer",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+  if name not in _WHERE:
+    raise AttributeError(f"module 'maxlm.data' has no attribute {name!r}")
+  return getattr(importlib.import_module(f"maxlm.data.{_WHERE[name]}"), name)

@@ -34,6 +34,8 @@ from maxlm.distill import losses, offline
 from maxlm.distill.teacher import load_teacher
 from maxlm.model import ModelConfig, forward
 from maxlm.sharding import batch_sharding, host_batch_to_global, make_mesh
+from maxlm.sharding.config import MeshConfig
+from maxlm.train.config import TrainConfig
 from maxlm.train.validate import validate_config
 
 log = logging.getLogger("maxlm.distill")
@@ -56,11 +58,13 @@ def precompute(config, out_dir: str | None = None, *, steps: int | None = None) 
     raise ValueError("give --out or distill.offline_dir")
   if not d.teacher:
     raise ValueError("distill.teacher is empty: the precompute needs the teacher")
-  steps = int(steps if steps is not None else config.train.steps)
-  t_cfg = config.train
+  t_cfg, mesh_cfg = TrainConfig.from_any(config.train), MeshConfig.from_any(config.mesh)
+  steps = int(steps if steps is not None else t_cfg.steps)
   seq_len = config.data.seq_len
-  mesh = make_mesh(*validate_config(config, jax.device_count()))
-  rules = tuple(map(tuple, config.mesh.rules))
+  # The same mesh as the student run (maxlm/run/pretrain.py), context axis included,
+  # so the teacher's params are placed as the validated mesh shape says.
+  mesh = make_mesh(*validate_config(config, jax.device_count()), context=mesh_cfg.context)
+  rules = mesh_cfg.rules
   batch_sh = batch_sharding(mesh, rules)
   os.makedirs(out_dir, exist_ok=True)
   tokenizer_path = data_lib.build_tokenizer(config.data, out_dir)

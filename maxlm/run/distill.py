@@ -15,6 +15,7 @@ import jax
 from maxlm.distill import distill_loss, load_teacher
 from maxlm.distill.losses import alpha_at
 from maxlm.distill.offline import OfflineTeacher
+from maxlm.train.config import TrainConfig
 from maxlm.train.step import train_step
 
 _LOSS_KEYS = ("loss", "temperature", "top_k", "afm_teacher_weight")
@@ -36,7 +37,7 @@ def _step(state, batch, limits, teacher_params, *, loss_kw, alpha, alpha_end, to
 def make_step(config, *, model_config, tx, schedule, num_domains, rules, mesh, shardings,
               batch_sh, tokenizer_path, process_count: int = 1):
   """(step_fn(state, batch, limits) -> (state, metrics), attach(step, host_batch) or None)."""
-  d = config.distill
+  d, train_cfg = config.distill, TrainConfig.from_any(config.train)
   offline = bool(d.get("offline_dir"))
   if offline and d.loss != "topk":
     raise ValueError(f"distill.offline_dir is set: the store holds the teacher's top-k, so"
@@ -44,8 +45,8 @@ def make_step(config, *, model_config, tx, schedule, num_domains, rules, mesh, s
   attach = None
   if offline:  # no teacher: each batch gets the stored top-k, checked against the batch
     t_cfg, t_params, t_shardings = None, None, None
-    attach = OfflineTeacher(d.offline_dir, steps=config.train.steps,
-                            global_batch=config.train.global_batch, seq_len=config.data.seq_len,
+    attach = OfflineTeacher(d.offline_dir, steps=train_cfg.steps,
+                            global_batch=train_cfg.global_batch, seq_len=config.data.seq_len,
                             top_k=d.top_k, tokenizer_path=tokenizer_path,
                             process_count=process_count).attach
   else:
@@ -57,8 +58,8 @@ def make_step(config, *, model_config, tx, schedule, num_domains, rules, mesh, s
   fn = functools.partial(
       _step, loss_kw=dict(model_config=model_config, teacher_config=t_cfg,
                           num_domains=num_domains, **{k: d[k] for k in _LOSS_KEYS}),
-      alpha=d.alpha, alpha_end=d.alpha_end, total_steps=config.train.steps, tx=tx,
-      schedule=schedule, microbatches=config.train.microbatches, rules=rules)
+      alpha=d.alpha, alpha_end=d.alpha_end, total_steps=train_cfg.steps, tx=tx,
+      schedule=schedule, microbatches=train_cfg.microbatches, rules=rules)
   jitted = jax.jit(fn, in_shardings=(shardings, batch_sh, shardings["step"], t_shardings),
                    out_shardings=(shardings, None), donate_argnums=0)
   return (lambda state, batch, limits: jitted(state, batch, limits, t_params)), attach

@@ -25,16 +25,20 @@ from jax.experimental import multihost_utils
 from maxlm import data as data_lib
 from maxlm.data import online_mixing
 from maxlm.checkpoint import Checkpointer, export_params, workdir_lock
+from maxlm.checkpoint.config import CkptConfig
 from maxlm.eval import perplexity
 from maxlm.interop import hf as hf_lib
 from maxlm.model import ModelConfig, flops_per_token
 from maxlm.monitor import MetricWriter, plot_loss_curve, read_jsonl, write_json_atomic
 from maxlm.optim import make_optimizer
+from maxlm.optim.config import OptimConfig
 from maxlm.run import distill as distill_run
 from maxlm.run import evaluators
 from maxlm.sharding import batch_sharding, host_batch_to_global, make_mesh
+from maxlm.sharding.config import MeshConfig
 from maxlm.train import lineage, loop, rollback
 from maxlm.train.loop import Hook
+from maxlm.train.config import InitConfig, TrainConfig
 from maxlm.train.console import Console
 from maxlm.train.losses import next_token_loss
 from maxlm.train.metrics import interval_summary
@@ -85,6 +89,13 @@ def train(config, workdir: str) -> dict:
 
 def _train(config, workdir: str, run_guard) -> dict:
   # ------------------------------------------------------------------ setup
+  # The sections the run reads, typed once: an unknown or missing field is one line here,
+  # before anything compiles (maxlm/config_types.py), not a default picked deep inside.
+  t_cfg = TrainConfig.from_any(config.train)
+  mesh_cfg = MeshConfig.from_any(config.mesh)
+  ckpt_cfg = CkptConfig.from_any(config.ckpt)
+  optim_cfg = OptimConfig.from_any(config.optim)
+  init_cfg = InitConfig.from_any(config.get("init"))  # absent: a root run
   if config.distributed.initialize:
     d = config.distributed
     kwargs = {}
@@ -94,16 +105,15 @@ def _train(config, workdir: str, run_guard) -> dict:
     jax.distributed.initialize(**kwargs)
   mesh_shape = validate_config(config, jax.device_count())
   model_cfg = ModelConfig.from_any(config.model)
-  rules = tuple(map(tuple, config.mesh.rules))
+  rules = mesh_cfg.rules
   is_main = jax.process_index() == 0
   workdir = os.path.abspath(workdir)  # orbax and the manifests want absolute paths
   os.makedirs(workdir, exist_ok=True)
   run_guard.enter_context(workdir_lock(workdir, enabled=is_main))  # a second run refuses
-  t_cfg = config.train
   seq_len = config.data.seq_len
 
   # ------------------------------------------------------------------ mesh
-  mesh = make_mesh(*mesh_shape, context=config.mesh.get("context", 1))
+  mesh = make_mesh(*mesh_shape, context=mesh_cfg.context)
   batch_sh = batch_sharding(mesh, rules)
   log.info("mesh %s over %d devices (%s)", dict(mesh.shape), jax.device_count(),
            jax.devices()[0].device_kind)
@@ -131,16 +141,16 @@ def _train(config, workdir: str, run_guard) -> dict:
   # ------------------------------------------------------------------ state
   # Stage chaining (maxlm/train/lineage.py): config.init names a parent run or HF
   # checkpoint; it is read only when this run has no checkpoint of its own.
-  parent = lineage.resolve_parent(config.get("init"), read_hf_model=_hf_model)
+  parent = lineage.resolve_parent(init_cfg, read_hf_model=_hf_model)
   if parent is not None:
     lineage.check_compatible(parent, model_cfg, tokenizer_path)
   tx, schedule = make_optimizer(total_steps=t_cfg.steps,
-                                **lineage.optim_kwargs(config.optim, config.get("init"), parent))
+                                **lineage.optim_kwargs(optim_cfg, init_cfg, parent))
   shardings = state_shardings(model_cfg, tx, mesh, rules)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=config.ckpt.every,
-                      keep=config.ckpt.keep, async_save=config.ckpt.async_save,
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=ckpt_cfg.every,
+                      keep=ckpt_cfg.keep, async_save=ckpt_cfg.async_save,
                       run_config=json.loads(config.to_json_best_effort()),
-                      allow_changes=config.ckpt.get("allow_changes", ""))
+                      allow_changes=ckpt_cfg.allow_changes)
   abstract = abstract_state(model_cfg, tx, t_cfg.seed, shardings)
   state, start_step = ckpt.restore_or_fail(abstract, train_iter)  # refuses, never restarts
   if is_main:  # only once the resume is accepted: a refused config must not replace it
@@ -257,7 +267,7 @@ def _train(config, workdir: str, run_guard) -> dict:
                  **{k: v for k, v in last.items() if k.startswith("eval/")})
   if out.stopped:
     summary["stopped"] = out.stopped
-  if finished and config.ckpt.export_params:  # collective: every host calls it
+  if finished and ckpt_cfg.export_params:  # collective: every host calls it
     export_params(state["params"], os.path.join(workdir, "params"))
   if finished and is_main:
     if config.monitor.plot:

@@ -45,6 +45,8 @@ import optax
 from maxlm import checkpoint as checkpoint_lib
 from maxlm.checkpoint import rundir
 from maxlm.model import ModelConfig
+from maxlm.optim.config import OptimConfig
+from maxlm.train.config import InitConfig
 
 log = logging.getLogger("maxlm.train")
 
@@ -82,13 +84,15 @@ def _read_json(path):
 def resolve_parent(init_cfg, *, read_hf_model=None) -> Parent | None:
   """The parent named by `config.init`, or None for a root run. Fails loudly on a bad path.
 
-  `read_hf_model(hf_config_json) -> dict` of ModelConfig fields: how an HF
-  parent's shape is read (maxlm.interop; passed in by the composition root).
+  `init_cfg`: an InitConfig, or `config.init` as a ConfigDict / dict (None: a
+  root run). `read_hf_model(hf_config_json) -> dict` of ModelConfig fields: how
+  an HF parent's shape is read (maxlm.interop; passed in by the composition root).
   """
-  if init_cfg is None or not init_cfg.get("from_checkpoint"):
+  init = InitConfig.from_any(init_cfg)
+  if not init.from_checkpoint:
     return None
-  path = os.path.abspath(init_cfg.from_checkpoint)
-  carry = init_cfg.get("carry", "params")
+  path = os.path.abspath(init.from_checkpoint)
+  carry = init.carry
   if carry not in CARRY:
     raise ValueError(f"init.carry={carry!r} is not one of {CARRY}")
   if not os.path.isdir(path):
@@ -168,15 +172,19 @@ def parent_lr(parent: Parent, which: str) -> float:
 
 
 def optim_kwargs(optim_cfg, init_cfg, parent: Parent | None) -> dict:
-  """config.optim as keyword arguments, peak_lr taken from the parent if asked."""
-  kwargs = optim_cfg.to_dict() if hasattr(optim_cfg, "to_dict") else dict(optim_cfg)
-  which = init_cfg.get("lr_from_parent", "") if init_cfg is not None else ""
+  """config.optim as keyword arguments of make_optimizer, peak_lr taken from the parent if asked.
+
+  `optim_cfg` / `init_cfg`: OptimConfig / InitConfig, or the ConfigDicts they are read from.
+  """
+  kwargs = OptimConfig.from_any(optim_cfg).kwargs()
+  init = InitConfig.from_any(init_cfg)
+  which = init.lr_from_parent
   if which not in LR_FROM_PARENT:
     raise ValueError(f"init.lr_from_parent={which!r} is not one of {LR_FROM_PARENT}")
   if which and parent is not None:
-    kwargs["peak_lr"] = parent_lr(parent, which) * float(init_cfg.get("lr_scale", 1.0))
+    kwargs["peak_lr"] = parent_lr(parent, which) * float(init.lr_scale)
     log.info("init: peak_lr = %.3e (the parent's %s rate x %s)", kwargs["peak_lr"], which,
-             init_cfg.get("lr_scale", 1.0))
+             init.lr_scale)
     if kwargs["peak_lr"] <= 0:
       log.warning("init: the parent's %s learning rate is 0: this stage will not move", which)
   return kwargs
