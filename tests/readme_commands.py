@@ -12,7 +12,7 @@ comment on the line just above it, invisible in the rendered page, tells the tes
   ci=NAME             .ci/run runs this block verbatim as step NAME (`install`, `test`)
   sub="OLD=>NEW"      literal substitution before running, e.g. tiny sizes (repeatable)
   expect=a,b          files (relative to the run directory) the block must leave behind
-  timeout=SECONDS     per block (default 1800: a hang guard, not a speed check; a loaded CI machine is slow)
+  timeout=SECONDS     per block (default 1800: a hang guard, not a speed check)
 
 Every ``` fence needs a language (an unlabelled one is an error: a command the test would
 miss); only bash/sh/shell blocks run, and a directive above any other block is an error.

