@@ -12,11 +12,14 @@ going linearly to 0 (Dubey et al. 2024, section 3.1.3); MiniCPM's WSD decay
 (Hu et al. 2024) is the same idea. `arg`: a pretrain size (tiny | 10m | ...),
 `runlocal`, `parent=<workdir>`, `shape=linear|1-sqrt|cosine` (decay shape),
 `steps=<n>`. The parent's optimizer moments are carried (carry='full'), its
-rate is read from its config (init.lr_from_parent='final').
+rate is read from its config (init.lr_from_parent='final'). A Hugging Face
+parent (Llama / Mistral / Qwen2 directory) gives the model shape and tokenizer;
+it has no optimizer state, so only its params are carried and the decay starts
+from optim.peak_lr.
 """
 
 from maxlm import config_files
-from maxlm.checkpoint.rundir import parent_tokenizer_path
+from maxlm.checkpoint.rundir import is_hf_dir, parent_tokenizer_path
 
 
 def get_config(arg: str = "tiny"):
@@ -30,6 +33,13 @@ def get_config(arg: str = "tiny"):
   c.init.lr_from_parent = "final"  # start where the parent's schedule stopped
   if c.init.from_checkpoint:
     c.data.tokenizer.path = parent_tokenizer_path(c.init.from_checkpoint)
+  if c.init.from_checkpoint and is_hf_dir(c.init.from_checkpoint):
+    # An HF parent: its shape and family (maxlm.interop.hf); no optimizer or schedule
+    # to carry, so params only, decaying from optim.peak_lr (set it to the parent's rate).
+    from maxlm.interop.hf import stage_model_fields  # pylint: disable=g-import-not-at-top
+    for k, v in stage_model_fields(c.init.from_checkpoint).items():
+      c.model[k] = v
+    c.init.carry, c.init.lr_from_parent = "params", ""
 
   # WSD's decay phase on its own: no warmup, no stable part, decay over the whole stage.
   c.optim.schedule.name = "wsd"

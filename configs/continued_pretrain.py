@@ -3,8 +3,20 @@ r"""Continued pretraining: adapt a base model to a domain without forgetting.
   python -m maxlm.train.stages --config=configs/continued_pretrain.py:tiny,parent=/tmp/maxlm_tiny \
       --workdir=/tmp/maxlm_cpt
 
-`parent` is a maxlm workdir or a Hugging Face Llama-family directory (then the
-model shape and tokenizer come from it). The recipe of Gupta et al. 2023 and
+`parent` is a maxlm workdir or a Hugging Face Llama / Mistral / Qwen2 directory
+(then the model shape, its sliding window or q/k/v biases, and its tokenizer
+-- tokenizer.json or tokenizer.model, with the special ids its
+tokenizer_config.json gives -- come from it). The stage logs the parent's
+held-out loss at step 0, before any update.
+
+Vocabulary extension (new domain words or chat tokens; new rows start at the
+mean of the old ones, old tokens' logits unchanged): extend the parent first,
+then train from the extended directory, and export the run as usual:
+
+  python -m maxlm.interop.vocab --parent=HF_DIR --tokens=new_tokens.txt --out=EXT_DIR
+  python -m maxlm.train.stages --config=configs/continued_pretrain.py:tiny,parent=EXT_DIR \
+      --workdir=/tmp/maxlm_cpt
+  python -m maxlm.interop.export --workdir=/tmp/maxlm_cpt --out=/tmp/maxlm_cpt_hf The recipe of Gupta et al. 2023 and
 Ibrahim et al. 2024 ("Simple and Scalable Strategies to Continually Pre-train
 LLMs"): params only (fresh optimizer), re-warm to a fraction of the original
 peak learning rate and decay again, and replay a little general data
@@ -16,9 +28,6 @@ held-out loss over the run, side by side.
 (which of the two tiny domains is "the domain"; the other is replayed),
 `replay=<fraction>`, `lr_scale=<fraction of the parent's peak>`.
 """
-
-import json
-import os
 
 from maxlm import config_files
 from maxlm.checkpoint.rundir import is_hf_dir, parent_tokenizer_path
@@ -36,13 +45,9 @@ def get_config(arg: str = "tiny"):
   c.init.lr_from_parent = "peak"
   c.init.lr_scale = float(opts.get("lr_scale", 0.5))  # re-warm to half the original peak
   if parent and is_hf_dir(parent):
-    from maxlm.interop.hf import model_config_from_hf  # pylint: disable=g-import-not-at-top
-    with open(os.path.join(parent, "config.json")) as f:
-      hf = model_config_from_hf(json.load(f))
-    for k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
-              "rope_theta", "norm_eps", "tie_embeddings"):
-      c.model[k] = getattr(hf, k)
-    c.model.rope_scaling = hf.rope_scaling_dict
+    from maxlm.interop.hf import stage_model_fields  # pylint: disable=g-import-not-at-top
+    for k, v in stage_model_fields(parent).items():  # shape, RoPE, window, biases
+      c.model[k] = v
     c.init.lr_from_parent = ""  # an HF dir has no schedule to read: optim.peak_lr applies
     c.optim.peak_lr = c.optim.peak_lr * c.init.lr_scale
     c.data.tokenizer.path = parent_tokenizer_path(parent)

@@ -11,9 +11,10 @@ seq_len keeps the tokens per step constant (Llama 3.1 grew 8K -> 128K in six
 steps, Qwen2 4K -> 32K). The data mix upweights long documents: a second
 view of the prose with min_doc_chars set is ramped in by data.schedule.
 
-`arg`: a pretrain size, `runlocal`, `parent=<workdir>`, `orig=<the parent's
-seq_len>`, `rope=yarn|llama3|linear|dynamic|theta` (theta = default RoPE with
-a larger base, "ABF", Xiong et al. 2023), `lengths=256/512` (slash-separated),
+`arg`: a pretrain size, `runlocal`, `parent=<workdir, or an HF Llama / Mistral
+/ Qwen2 directory>`, `orig=<the parent's seq_len>`,
+`rope=yarn|llama3|linear|dynamic|theta` (theta = default RoPE with a larger
+base, "ABF", Xiong et al. 2023), `lengths=256/512` (slash-separated),
 `steps=<per sub-stage>`, `context=<n>` (mesh.context: the sequence is split
 over n devices with ring attention; default 4 off runlocal, 1 on it).
 
@@ -30,7 +31,7 @@ measured: no GPU was lent to the session that wrote this).
 """
 
 from maxlm import config_files
-from maxlm.checkpoint.rundir import parent_tokenizer_path
+from maxlm.checkpoint.rundir import is_hf_dir, parent_tokenizer_path
 
 
 def rope_scaling(kind: str, factor: float, original: int, theta: float):
@@ -69,6 +70,14 @@ def get_config(arg: str = "tiny"):
   c.init.lr_scale = 0.3
   if parent:
     c.data.tokenizer.path = parent_tokenizer_path(parent)
+  if parent and is_hf_dir(parent):
+    # An HF parent: its shape, RoPE base and family (maxlm.interop.hf), before the
+    # scaling below is computed from its theta; no schedule to read: optim.peak_lr scaled.
+    from maxlm.interop.hf import stage_model_fields  # pylint: disable=g-import-not-at-top
+    for k, v in stage_model_fields(parent).items():
+      c.model[k] = v
+    c.init.lr_from_parent = ""
+    c.optim.peak_lr = c.optim.peak_lr * c.init.lr_scale
 
   theta, scaling = rope_scaling(opts.get("rope", "yarn"), lengths[-1] / original, original,
                                 c.model.rope_theta)

@@ -19,7 +19,8 @@ strings (the completion is cut before the first one).
 
 Checkpoints: `load_model(path)` reads a maxlm workdir (its `params/` export,
 else its newest checkpoint), one `checkpoints/<step>` directory of a run, or a
-Hugging Face Llama-family directory (through maxlm.interop).
+Hugging Face Llama / Mistral / Qwen2 directory (through maxlm.interop); a
+Mistral window applies in the cache too (decode.attend_to_cache).
 """
 
 from __future__ import annotations

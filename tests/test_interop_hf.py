@@ -193,7 +193,7 @@ def _hf_dict(**overrides):
     (dict(attention_bias=True), "attention_bias"),
     (dict(mlp_bias=True), "mlp_bias"),
     (dict(hidden_act="gelu"), "hidden_act"),
-    (dict(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=4096),
+    (dict(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=-1),
      "sliding_window"),
     (dict(model_type="gpt2", architectures=["GPT2LMHeadModel"]), "unsupported checkpoint"),
     (dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4,
@@ -204,13 +204,18 @@ def test_unsupported_features_refused(overrides, match):
     model_config_from_hf(_hf_dict(**overrides))
 
 
-def test_compatible_mistral_and_qwen2_configs_accepted():
+def test_mistral_and_qwen2_configs_differ_from_llama_only_by_their_options():
+  """Family options (tests/test_interop_families.py checks their logits): Mistral's window,
+  Qwen2's biases; a Qwen2 window applies only with use_sliding_window."""
   base = _hf_dict()
+  llama = model_config_from_hf(base)
   mistral = model_config_from_hf({**base, "model_type": "mistral",
-                                  "architectures": ["MistralForCausalLM"], "sliding_window": None})
+                                  "architectures": ["MistralForCausalLM"], "sliding_window": 4096})
   qwen2 = model_config_from_hf({**base, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"],
                                 "sliding_window": 4096, "use_sliding_window": False})
-  assert mistral == qwen2 == model_config_from_hf(base)
+  assert llama.sliding_window is None and not llama.qkv_bias
+  assert mistral == dataclasses.replace(llama, sliding_window=4096)
+  assert qwen2 == dataclasses.replace(llama, qkv_bias=True)
 
 
 def test_unimplemented_rope_type_fails_at_import():

@@ -88,7 +88,9 @@ def tokenizer_path(path: str) -> str:
   if os.path.isfile(cfg):
     raw = _read_json(cfg)
     if "model_type" in raw and not os.path.isdir(os.path.join(path, CHECKPOINTS)):
-      return os.path.join(path, "tokenizer.model")
+      # The directory itself: maxlm.data.tokenizer reads its tokenizer.json (or .model)
+      # with the special ids its tokenizer_config.json gives, as transformers does.
+      return path
     if raw.get("data", {}).get("tokenizer", {}).get("path"):
       return raw["data"]["tokenizer"]["path"]
   return os.path.join(path, "tokenizer", "tokenizer.model")

@@ -33,7 +33,7 @@ def _abstract_params(cfg: ModelConfig, mesh, rules):
 
 def _check_tokenizer(teacher_tok: str, student_tok: str, path: str) -> None:
   from maxlm.data.tokenizer import tokenizer_hash  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(teacher_tok):
+  if not os.path.exists(teacher_tok):  # a file, or an HF directory
     raise FileNotFoundError(f"distill.teacher={path}: no tokenizer at {teacher_tok}; the teacher"
                             " must share the student's tokenizer and maxlm checks it")
   if tokenizer_hash(teacher_tok) != tokenizer_hash(student_tok):

@@ -1,14 +1,23 @@
-"""Hugging Face checkpoints in and out: Llama-family config.json + safetensors.
+"""Hugging Face checkpoints in and out: Llama, Mistral and Qwen2 config.json + safetensors.
 
   cfg, params = import_checkpoint("path/to/Llama-3.2-1B")
   logits_btv = maxlm.forward(cfg, params, tokens_bt)
-  export_checkpoint(cfg, params, "out/")  # LlamaForCausalLM.from_pretrained("out/") loads it
+  export_checkpoint(cfg, params, "out/")  # AutoModelForCausalLM.from_pretrained("out/") loads it
 
 No torch: tensors are read and written with safetensors' numpy API (bf16 via
-ml_dtypes). Only the dense Llama architecture is mapped (LlamaForCausalLM, and
-Mistral / Qwen2 configs when they describe the same network); anything the
-maxlm model cannot compute (biases, sliding windows, other activations, RoPE
-types rope.py lacks) is refused with a message, never silently dropped.
+ml_dtypes). The families are one network with two options (ModelConfig):
+
+  llama    LlamaForCausalLM: the plain block; RoPE variants of rope.py (Llama 3.1
+           'llama3', linear, dynamic, yarn)
+  mistral  MistralForCausalLM: `sliding_window` W on every layer (model.sliding_window:
+           a query sees itself and the W-1 tokens before it, of its own document)
+  qwen2    Qwen2ForCausalLM: biases on q, k, v (model.qkv_bias); a window only with
+           `use_sliding_window`, and then only when every layer has it
+
+Anything else the maxlm model cannot compute (Llama's attention_bias, which
+biases o too; MLP biases; other activations; per-layer windows; RoPE types
+rope.py lacks; quantized weights) is refused naming the config.json field,
+never silently dropped. Export writes the family the options call for.
 
 Layout mapping. HF stores torch Linear weights as [out, in] and applies x W^T;
 maxlm stores [in, out...] with the head axis split out, so every projection is
@@ -27,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 from typing import Any, Callable, Mapping
@@ -41,13 +51,15 @@ from safetensors.numpy import save_file
 from maxlm.model import rope
 from maxlm.model.config import ModelConfig
 
+log = logging.getLogger(__name__)
+
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                   "qwen2": "Qwen2ForCausalLM"}
 # ModelConfig fields an import may override: numerics and execution, and RoPE
 # (context extension of an imported model). Shape fields must come from the checkpoint.
 _OVERRIDABLE = ("compute_dtype", "param_dtype", "remat", "attention_impl", "scan_layers",
                 "init_std", "rope_theta", "rope_scaling", "norm_eps", "dropout", "z_loss")
-_SAVE_DTYPES = ("float32", "bfloat16", "float16")
+SAVE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 # --- Per-layer tensor mapping -------------------------------------------------
@@ -57,7 +69,7 @@ _SAVE_DTYPES = ("float32", "bfloat16", "float16")
 def _layer_map(cfg: ModelConfig) -> dict[str, tuple[tuple[str, str], tuple, Callable, Callable]]:
   D, N, K, H, F = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff
   ident = lambda w: w
-  return {
+  out = {
       # q_proj [N*H, D] -> [D, N*H] -> [D, N, H]
       "self_attn.q_proj.weight": (("attn", "w_q_dnh"), (N * H, D),
                                   lambda w: w.T.reshape(D, N, H), lambda w: w.reshape(D, N * H).T),
@@ -74,6 +86,16 @@ def _layer_map(cfg: ModelConfig) -> dict[str, tuple[tuple[str, str], tuple, Call
       "input_layernorm.weight": (("attn_norm", "scale_d"), (D,), ident, ident),
       "post_attention_layernorm.weight": (("mlp_norm", "scale_d"), (D,), ident, ident),
   }
+  if cfg.qkv_bias:  # Qwen2: q_proj.bias [N*H] -> [N, H] (head-major, as the weights)
+    out.update({
+        "self_attn.q_proj.bias": (("attn", "b_q_nh"), (N * H,), lambda b: b.reshape(N, H),
+                                  lambda b: b.reshape(N * H)),
+        "self_attn.k_proj.bias": (("attn", "b_k_kh"), (K * H,), lambda b: b.reshape(K, H),
+                                  lambda b: b.reshape(K * H)),
+        "self_attn.v_proj.bias": (("attn", "b_v_kh"), (K * H,), lambda b: b.reshape(K, H),
+                                  lambda b: b.reshape(K * H)),
+    })
+  return out
 
 
 # --- config.json <-> ModelConfig ----------------------------------------------
@@ -99,34 +121,74 @@ def _rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, dict | None]:
   return theta, {"rope_type": rope_type, **scaling}
 
 
-def _refuse_unsupported(hf: Mapping[str, Any]) -> None:
+def _refuse_unsupported(hf: Mapping[str, Any]) -> str:
+  """The family (model_type) of a config maxlm can compute; else a ValueError naming the field."""
   model_type = hf.get("model_type")
   archs = hf.get("architectures") or [_ARCHITECTURES.get(model_type, "")]
   if model_type not in _ARCHITECTURES or any(a not in _ARCHITECTURES.values() for a in archs):
     raise ValueError(f"unsupported checkpoint: model_type={model_type!r} architectures={archs};"
                      f" maxlm imports {sorted(_ARCHITECTURES.values())}")
   refusals = [
-      (hf.get("attention_bias", False), "attention_bias=true (maxlm attention has no biases)"),
+      # Llama's attention_bias biases o_proj too; Qwen2's q/k/v biases are implied by its type.
+      (hf.get("attention_bias", False),
+       "attention_bias=true (maxlm has q/k/v biases only, as Qwen2; Llama's also bias o_proj)"),
       (hf.get("mlp_bias", False), "mlp_bias=true (maxlm MLP has no biases)"),
       (hf.get("hidden_act", "silu") not in ("silu", "swish"),
        f"hidden_act={hf.get('hidden_act')!r} (maxlm's MLP is SwiGLU)"),
-      # Mistral applies any non-null window; Qwen2 only with use_sliding_window.
-      (hf.get("sliding_window") is not None
-       and (model_type == "mistral" or hf.get("use_sliding_window", False)),
-       f"sliding_window={hf.get('sliding_window')} (maxlm attention is full causal)"),
-      (any(t != "full_attention" for t in hf.get("layer_types") or []),
-       "layer_types other than full_attention"),
       ("quantization_config" in hf, "a quantized checkpoint (quantization_config)"),
   ]
   for bad, what in refusals:
     if bad:
       raise ValueError(f"unsupported checkpoint feature: {what}")
+  return model_type
+
+
+_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def _sliding_window(hf: Mapping[str, Any], model_type: str) -> int | None:
+  """The window W every layer applies, or None; refuses what one window cannot express.
+
+  As transformers computes it: Mistral windows every layer whenever
+  `sliding_window` is set; Qwen2 only with `use_sliding_window`, and then the
+  layers from `max_window_layers` on (5.x spells it out in `layer_types`);
+  Llama has no window.
+  """
+  L = hf["num_hidden_layers"]
+  window = hf.get("sliding_window")
+  if model_type == "llama":
+    window = None
+  if model_type == "qwen2" and not hf.get("use_sliding_window", False):
+    window = None
+  types = hf.get("layer_types")
+  bad = sorted(set(types or ()) - set(_LAYER_TYPES))
+  if bad:
+    raise ValueError(f"unsupported checkpoint feature: layer_types {bad} (maxlm computes"
+                     f" {list(_LAYER_TYPES)})")
+  if model_type == "qwen2":
+    if types is None:  # a 4.x file: derived from max_window_layers as transformers does
+      first = hf.get("max_window_layers", 28) if window is not None else L
+      types = ["full_attention" if i < first else "sliding_attention" for i in range(L)]
+    if len(set(types)) > 1:
+      raise ValueError(
+          "unsupported checkpoint feature: layer_types mixes full_attention and"
+          f" sliding_attention (use_sliding_window with max_window_layers="
+          f"{hf.get('max_window_layers')}); maxlm applies one window to every layer")
+    if types and types[0] == "full_attention":
+      window = None
+  elif any(t == "sliding_attention" for t in types or ()) and window is None:
+    raise ValueError("unsupported checkpoint feature: layer_types has sliding_attention but"
+                     " sliding_window is null")
+  if window is not None and (not isinstance(window, int) or window < 1):
+    raise ValueError(f"unsupported checkpoint feature: sliding_window={window!r} (a positive"
+                     " integer or null)")
+  return window
 
 
 def model_config_from_hf(hf: Mapping[str, Any], model_overrides: Mapping[str, Any] | None = None
                          ) -> ModelConfig:
   """ModelConfig from a parsed HF config.json dict (transformers 4.x or 5.x keys)."""
-  _refuse_unsupported(hf)
+  model_type = _refuse_unsupported(hf)
   theta, scaling = _rope_from_hf(hf)
   n_heads = hf["num_attention_heads"]
   cfg = ModelConfig(
@@ -143,6 +205,8 @@ def model_config_from_hf(hf: Mapping[str, Any], model_overrides: Mapping[str, An
       # PretrainedConfig defaults to tied, but Llama/Mistral/Qwen2 configs default to untied.
       tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
       init_std=hf.get("initializer_range", 0.02),
+      sliding_window=_sliding_window(hf, model_type),
+      qkv_bias=model_type == "qwen2",
   )
   overrides = dict(model_overrides or {})
   bad = sorted(set(overrides) - set(_OVERRIDABLE))
@@ -156,9 +220,33 @@ def model_config_from_hf(hf: Mapping[str, Any], model_overrides: Mapping[str, An
   return cfg
 
 
+# ModelConfig fields a stage takes from an HF parent: its shape, RoPE and family options
+# (execution fields -- dtypes, remat, attention_impl -- stay the stage config's).
+STAGE_MODEL_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                      "d_ff", "rope_theta", "rope_scaling", "norm_eps", "tie_embeddings",
+                      "sliding_window", "qkv_bias")
+
+
+def stage_model_fields(hf_dir) -> dict:
+  """{field: value} for `config.model` of a stage whose parent is the HF directory hf_dir."""
+  with open(os.path.join(os.fspath(hf_dir), "config.json")) as f:
+    cfg = model_config_from_hf(json.load(f))
+  return {k: cfg.rope_scaling_dict if k == "rope_scaling" else getattr(cfg, k)
+          for k in STAGE_MODEL_FIELDS}
+
+
+def hf_family(model_config) -> str:
+  """The HF model_type that computes `model_config`: qwen2 (q/k/v biases), mistral (a
+  sliding window and no biases), else llama."""
+  cfg = ModelConfig.from_any(model_config)
+  if cfg.qkv_bias:
+    return "qwen2"
+  return "mistral" if cfg.sliding_window is not None else "llama"
+
+
 def hf_config_from_model(model_config, *, dtype: str = "float32",
                          max_position_embeddings: int = 2048) -> dict:
-  """A LlamaForCausalLM config.json dict for `model_config`.
+  """The config.json dict of the HF family (hf_family) that computes `model_config`.
 
   Writes the 5.x `rope_parameters` and also the 4.x `rope_theta`/`rope_scaling`,
   so either major version reads the right RoPE (each ignores the other's keys).
@@ -166,15 +254,19 @@ def hf_config_from_model(model_config, *, dtype: str = "float32",
   to RoPE types that read it (dynamic NTK, YaRN without an explicit original length).
   """
   cfg = ModelConfig.from_any(model_config)
-  if cfg.qk_norm:  # LlamaForCausalLM has no q/k norms: exporting would drop trained weights
-    raise ValueError("model.qk_norm=True has no LlamaForCausalLM equivalent; export refused")
+  if cfg.qk_norm:  # none of the three families has q/k norms: exporting would drop weights
+    raise ValueError("model.qk_norm=True has no Llama/Mistral/Qwen2 equivalent; export refused")
+  if cfg.mtp_depth:
+    log.warning("export: the %d multi-token-prediction modules are not exported (HF has"
+                " no such module); the trunk is", cfg.mtp_depth)
+  family = hf_family(cfg)
   scaling = cfg.rope_scaling_dict
   scaling = None if scaling is None else {k: list(v) if isinstance(v, tuple) else v
                                           for k, v in scaling.items()}
   rope_parameters = {"rope_theta": cfg.rope_theta, "rope_type": "default", **(scaling or {})}
-  return {
-      "architectures": ["LlamaForCausalLM"],
-      "model_type": "llama",
+  hf = {
+      "architectures": [_ARCHITECTURES[family]],
+      "model_type": family,
       "vocab_size": cfg.vocab_size,
       "hidden_size": cfg.d_model,
       "num_hidden_layers": cfg.n_layers,
@@ -183,8 +275,6 @@ def hf_config_from_model(model_config, *, dtype: str = "float32",
       "head_dim": cfg.head_dim,
       "intermediate_size": cfg.d_ff,
       "hidden_act": "silu",
-      "attention_bias": False,
-      "mlp_bias": False,
       "rms_norm_eps": cfg.norm_eps,
       "tie_word_embeddings": cfg.tie_embeddings,
       "rope_parameters": rope_parameters,
@@ -194,6 +284,16 @@ def hf_config_from_model(model_config, *, dtype: str = "float32",
       "initializer_range": cfg.init_std,
       "dtype": dtype,
   }
+  if family == "llama":
+    hf.update(attention_bias=False, mlp_bias=False)
+  elif family == "mistral":
+    hf.update(sliding_window=cfg.sliding_window)
+  else:  # qwen2: one window for every layer, or none (max_window_layers=0: from layer 0)
+    windowed = cfg.sliding_window is not None
+    hf.update(use_sliding_window=windowed, sliding_window=cfg.sliding_window,
+              max_window_layers=0 if windowed else cfg.n_layers,
+              layer_types=["sliding_attention" if windowed else "full_attention"] * cfg.n_layers)
+  return hf
 
 
 # --- Reading safetensors --------------------------------------------------------
@@ -225,7 +325,7 @@ def _empty_params(cfg: ModelConfig, dtype) -> dict:
 
 def import_checkpoint(hf_dir, model_overrides: Mapping[str, Any] | None = None
                       ) -> tuple[ModelConfig, dict]:
-  """Reads an HF Llama-family checkpoint directory into (ModelConfig, params).
+  """Reads an HF Llama / Mistral / Qwen2 checkpoint directory into (ModelConfig, params).
 
   `model_overrides` sets execution fields the checkpoint does not carry, e.g.
   {"compute_dtype": "bfloat16", "remat": "full", "scan_layers": False}; see
@@ -235,7 +335,8 @@ def import_checkpoint(hf_dir, model_overrides: Mapping[str, Any] | None = None
   """
   hf_dir = os.fspath(hf_dir)
   with open(os.path.join(hf_dir, "config.json")) as f:
-    cfg = model_config_from_hf(json.load(f), model_overrides)
+    raw = json.load(f)
+  cfg, model_family = model_config_from_hf(raw, model_overrides), raw.get("model_type")
   dtype = jnp.dtype(cfg.param_dtype)
   layer_map = _layer_map(cfg)
   params = _empty_params(cfg, dtype)
@@ -260,7 +361,8 @@ def import_checkpoint(hf_dir, model_overrides: Mapping[str, Any] | None = None
         if name.endswith("rotary_emb.inv_freq"):
           continue  # a buffer old checkpoints saved; recomputed from rope_theta
         if name not in expected:
-          why = " (biases are not supported)" if name.endswith(".bias") else ""
+          why = (f" (a {model_family} config.json implies no biases)"
+                 if name.endswith(".bias") else "")
           raise ValueError(f"unexpected tensor {name!r} in {path}{why}")
         w = f.get_tensor(name)
         m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
@@ -310,15 +412,15 @@ def _layer_blocks(params: Mapping, n_layers: int) -> list[Mapping]:
 
 def export_checkpoint(model_config, params, out_dir, *, dtype: str = "float32",
                       max_position_embeddings: int = 2048) -> None:
-  """Writes `out_dir/config.json` + `out_dir/model.safetensors` for LlamaForCausalLM.
+  """Writes `out_dir/config.json` + `out_dir/model.safetensors` (family: hf_family).
 
   Accepts scanned or unscanned params, boxed (nn.LogicallyPartitioned) or not,
   on host or on device (fully addressable: on multi-host meshes gather first).
   `dtype` is the tensor dtype on disk: float32 (exact) or bfloat16/float16.
   """
   cfg = ModelConfig.from_any(model_config)
-  if dtype not in _SAVE_DTYPES:
-    raise ValueError(f"dtype={dtype!r} is not one of {_SAVE_DTYPES}")
+  if dtype not in SAVE_DTYPES:
+    raise ValueError(f"dtype={dtype!r} is not one of {SAVE_DTYPES}")
   out_dtype = jnp.dtype(dtype)
   params = jax.device_get(nn.meta.unbox(params))
 

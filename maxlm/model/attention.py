@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 
 def dense_attention(q_btnh, k_bskh, v_bskh, segment_ids_bt, *, causal: bool = True,
-                    softmax_scale: float | None = None):
+                    softmax_scale: float | None = None, window: int | None = None):
   """Reference attention with GQA: kv head k serves query heads k*N/K..(k+1)*N/K-1."""
   B, T, N, H = q_btnh.shape
   K = k_bskh.shape[2]
@@ -55,32 +55,51 @@ def dense_attention(q_btnh, k_bskh, v_bskh, segment_ids_bt, *, causal: bool = Tr
   # Logits and softmax in float32 whatever the compute dtype.
   logits_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh,
                             preferred_element_type=jnp.float32) * scale
-  mask_bts = make_attention_mask(segment_ids_bt, segment_ids_bt, causal=causal)
+  mask_bts = make_attention_mask(segment_ids_bt, segment_ids_bt, causal=causal, window=window)
   logits_bkgts = jnp.where(mask_bts[:, None, None], logits_bkgts, jnp.finfo(jnp.float32).min)
   probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(v_bskh.dtype)
   out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_bskh)
   return out_btkgh.reshape(B, T, N, H)
 
 
-def make_attention_mask(q_segment_ids_bt, kv_segment_ids_bs, *, causal: bool = True):
-  """Boolean [B, T, S]: same segment and (if causal) key position <= query position."""
+def make_attention_mask(q_segment_ids_bt, kv_segment_ids_bs, *, causal: bool = True,
+                        window: int | None = None):
+  """Boolean [B, T, S]: same segment and (if causal) key position <= query position.
+
+  A sliding `window` W (Mistral; transformers' `kv_idx > q_idx - W`) also needs
+  |query - key| < W: itself and the W-1 keys before it. Row offsets stand for
+  position offsets because a packed document's tokens are contiguous in its row,
+  and the segment test still keeps documents apart.
+  """
   mask_bts = q_segment_ids_bt[:, :, None] == kv_segment_ids_bs[:, None, :]
+  T, S = q_segment_ids_bt.shape[1], kv_segment_ids_bs.shape[1]
   if causal:
-    T, S = q_segment_ids_bt.shape[1], kv_segment_ids_bs.shape[1]
     mask_bts &= jnp.arange(T)[:, None] >= jnp.arange(S)[None, :]
+  if window is not None:
+    mask_bts &= jnp.abs(jnp.arange(T)[:, None] - jnp.arange(S)[None, :]) < window
   return mask_bts
 
 
-def attention(q_btnh, k_bskh, v_bskh, segment_ids_bt, *, impl: str = "xla"):
+def attention(q_btnh, k_bskh, v_bskh, segment_ids_bt, *, impl: str = "xla",
+              window: int | None = None):
   """Causal, segment-masked GQA attention through the implementation `impl`.
 
   segment_ids_bt may be None (one document per row); the model always passes
   ids. Kernels run inside shard_map over the mesh in context (see _sharded).
+  `window` W (model.sliding_window): a query sees itself and the W-1 keys
+  before it, still only of its own document. Only xla and pallas implement it;
+  the others, and ring attention, refuse rather than attend past the window.
   """
   if impl not in ("xla", "pallas", "cudnn", "splash"):
     raise ValueError(f"model.attention_impl={impl!r} is not one of xla, pallas, splash, cudnn")
+  if window is not None and impl not in ("xla", "pallas"):
+    raise ValueError(f"model.sliding_window={window} is implemented by attention_impl 'xla'"
+                     f" and 'pallas', not {impl!r}")
   mesh = _current_mesh()
   context = None if mesh is None else _context_axis(mesh, q_btnh.shape[1])
+  if context is not None and window is not None:
+    raise ValueError(f"model.sliding_window={window} is not supported under context"
+                     " parallelism (mesh.context > 1): ring attention has no window")
   if context is not None:
     if impl != "xla":
       _warn_ring_per_block(impl)
@@ -92,18 +111,21 @@ def attention(q_btnh, k_bskh, v_bskh, segment_ids_bt, *, impl: str = "xla"):
   if impl == "xla":
     if segment_ids_bt is None:
       segment_ids_bt = jnp.ones(q_btnh.shape[:2], jnp.int32)
-    return dense_attention(q_btnh, k_bskh, v_bskh, segment_ids_bt)
+    return dense_attention(q_btnh, k_bskh, v_bskh, segment_ids_bt, window=window)
   if impl == "pallas":
-    return _sharded(_pallas_local, q_btnh, k_bskh, v_bskh, segment_ids_bt)
+    # The kernel's window w counts the keys before the query (w + 1 in all).
+    local = _pallas_local if window is None else functools.partial(_pallas_local,
+                                                                   window=window - 1)
+    return _sharded(local, q_btnh, k_bskh, v_bskh, segment_ids_bt)
   if impl == "cudnn":
     return _sharded(_cudnn_local, q_btnh, k_bskh, v_bskh, segment_ids_bt)
   return _sharded(_splash_local, q_btnh, k_bskh, v_bskh, segment_ids_bt)
 
 
-def _pallas_local(q_btnh, k_bskh, v_bskh, segment_ids_bt):
+def _pallas_local(q_btnh, k_bskh, v_bskh, segment_ids_bt, window=None):
   # The interpreter is the only way a Pallas kernel runs on CPU (tests, laptops).
   return flash_attention(q_btnh, k_bskh, v_bskh, segment_ids=segment_ids_bt, causal=True,
-                         interpret=jax.default_backend() == "cpu")
+                         window=window, interpret=jax.default_backend() == "cpu")
 
 
 def _cudnn_local(q_btnh, k_bskh, v_bskh, segment_ids_bt):

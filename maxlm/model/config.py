@@ -48,6 +48,11 @@ class ModelConfig:
   # module k predicting the token k + 1 further than the trunk; 0 = off (no params, no ops).
   mtp_depth: int = 0
   mtp_weight: float = 0.3  # objective += mtp_weight * mean over modules of their CE (DeepSeek-V3: 0.3, then 0.1)
+  # Imported families (maxlm.interop.hf): Mistral's sliding window W (a query sees itself
+  # and the W-1 keys before it, of its own document; None = full causal) and Qwen2's
+  # biases on the q, k and v projections (not o). Defaults: the plain Llama block.
+  sliding_window: int | None = None
+  qkv_bias: bool = False
 
   def __post_init__(self):
     # Frozen dataclass: convert a mutable dict once so the config is hashable
@@ -86,6 +91,12 @@ class ModelConfig:
       raise ValueError(f"model.mtp_depth={self.mtp_depth} must be >= 0 (0 = no multi-token prediction)")
     if self.mtp_weight < 0:
       raise ValueError(f"model.mtp_weight={self.mtp_weight} must be >= 0")
+    if self.sliding_window is not None and self.sliding_window < 1:
+      raise ValueError(f"model.sliding_window={self.sliding_window} must be >= 1 (or None)")
+    if self.sliding_window is not None and self.attention_impl not in ("xla", "pallas"):
+      raise ValueError(f"model.sliding_window={self.sliding_window} needs model.attention_impl"
+                       f" 'xla' or 'pallas' (the implementations with a window), not"
+                       f" {self.attention_impl!r}")
     if self.z_loss < 0:
       raise ValueError(f"model.z_loss={self.z_loss} must be >= 0")
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff"):
@@ -96,6 +107,7 @@ class ModelConfig:
     """Parameter counts: total, embedding, and non-embedding (Kaplan's N)."""
     D, F, V, L = self.d_model, self.d_ff, self.vocab_size, self.n_layers
     attn = D * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
+    attn += self.head_dim * (self.n_heads + 2 * self.n_kv_heads) if self.qkv_bias else 0
     mlp = 3 * D * F
     per_layer = attn + mlp + 2 * D + (2 * self.head_dim if self.qk_norm else 0)
     embed = V * D * (1 if self.tie_embeddings else 2)

@@ -61,7 +61,8 @@ def write_segment_ids(cache: Cache, segment_ids_bt) -> jax.Array:
                                       segment_ids_bt.astype(jnp.int32), (0, cache.index))
 
 
-def cached_attention(q_btnh, k_btkh, v_btkh, segment_ids_bt, kv: LayerCache, *, impl: str):
+def cached_attention(q_btnh, k_btkh, v_btkh, segment_ids_bt, kv: LayerCache, *, impl: str,
+                     window: int | None = None):
   """Writes the new keys/values into the layer cache, then attends. Returns (out, kv)."""
   start = (0, kv.index, 0, 0)
   k_bskh = jax.lax.dynamic_update_slice(kv.k_bskh, k_btkh.astype(kv.k_bskh.dtype), start)
@@ -69,15 +70,21 @@ def cached_attention(q_btnh, k_btkh, v_btkh, segment_ids_bt, kv: LayerCache, *, 
   if kv.fresh:
     # Nothing before the prompt: attention over the prompt alone is exact, and
     # it goes through the configured implementation (flash kernels included).
-    out_btnh = attention_lib.attention(q_btnh, k_btkh, v_btkh, segment_ids_bt, impl=impl)
+    out_btnh = attention_lib.attention(q_btnh, k_btkh, v_btkh, segment_ids_bt, impl=impl,
+                                       window=window)
   else:
     out_btnh = attend_to_cache(q_btnh, k_bskh, v_bskh, segment_ids_bt, kv.segment_ids_bs,
-                               kv.index)
+                               kv.index, window=window)
   return out_btnh, kv._replace(k_bskh=k_bskh, v_bskh=v_bskh)
 
 
-def attend_to_cache(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs, index):
-  """GQA attention of T new queries (slots index..index+T-1) over all S cache slots."""
+def attend_to_cache(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs, index,
+                    window: int | None = None):
+  """GQA attention of T new queries (slots index..index+T-1) over all S cache slots.
+
+  With a sliding `window` W, slot distance stands for position distance: pads
+  sit only at the left of a row, so a row's real tokens occupy consecutive slots.
+  """
   B, T, N, H = q_btnh.shape
   S, K = k_bskh.shape[1], k_bskh.shape[2]
   q_btkgh = q_btnh.reshape(B, T, K, N // K, H)
@@ -86,6 +93,8 @@ def attend_to_cache(q_btnh, k_bskh, v_bskh, q_segment_ids_bt, kv_segment_ids_bs,
   mask_bts = attention_lib.make_attention_mask(q_segment_ids_bt, kv_segment_ids_bs, causal=False)
   slot_t1 = index + jnp.arange(T)[:, None]  # [T, 1] the cache slot of each query
   mask_bts &= (jnp.arange(S)[None, :] <= slot_t1)[None]
+  if window is not None:
+    mask_bts &= (slot_t1 - jnp.arange(S)[None, :] < window)[None]
   logits_bkgts = jnp.where(mask_bts[:, None, None], logits_bkgts, jnp.finfo(jnp.float32).min)
   probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(v_bskh.dtype)
   out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_bskh)

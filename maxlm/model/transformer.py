@@ -12,6 +12,8 @@ vocab, embed, heads, kv, head_dim, mlp, layers (the scanned layer axis).
 
 Stability options (ModelConfig): `qk_norm` adds an RMSNorm over H on q and k
 before RoPE (OLMo 2, Gemma 3; params `q_norm`/`k_norm`, each `scale_h`);
+`qkv_bias` adds Qwen2's q/k/v biases (`b_q_nh`, `b_k_kh`, `b_v_kh`) and
+`sliding_window` Mistral's window (attention.make_attention_mask);
 `dropout` drops the attention and MLP outputs before the residual add, only in
 the training module (`deterministic=False`, which needs a 'dropout' rng). With
 the defaults neither adds a param or an op, so trees and HF interop are unchanged.
@@ -83,6 +85,17 @@ class Attention(nn.Module):
     q_btnh = jnp.einsum("btd,dnh->btnh", x_btd, w_q_dnh.astype(dt))
     k_btkh = jnp.einsum("btd,dkh->btkh", x_btd, w_k_dkh.astype(dt))
     v_btkh = jnp.einsum("btd,dkh->btkh", x_btd, w_v_dkh.astype(dt))
+    if cfg.qkv_bias:  # Qwen2: biases on q, k and v (o has none), added before RoPE
+      zeros = nn.initializers.zeros
+      b_q_nh = self.param("b_q_nh", nn.with_logical_partitioning(zeros, ("heads", "head_dim")),
+                          (N, H))
+      b_k_kh = self.param("b_k_kh", nn.with_logical_partitioning(zeros, ("kv", "head_dim")),
+                          (K, H))
+      b_v_kh = self.param("b_v_kh", nn.with_logical_partitioning(zeros, ("kv", "head_dim")),
+                          (K, H))
+      q_btnh = q_btnh + b_q_nh.astype(dt)
+      k_btkh = k_btkh + b_k_kh.astype(dt)
+      v_btkh = v_btkh + b_v_kh.astype(dt)
     if cfg.qk_norm:
       # Before RoPE, as OLMo 2 / Gemma 3: the rotation preserves the norm, so the
       # attention logits stay bounded by |scale_q| |scale_k| H whatever the weights do.
@@ -93,10 +106,10 @@ class Attention(nn.Module):
     k_btkh = rope.apply_rope(k_btkh, positions_bt, inv_freq_h)
     if kv is None:
       out_btnh = attention_lib.attention(q_btnh, k_btkh, v_btkh, segment_ids_bt,
-                                         impl=cfg.attention_impl)
+                                         impl=cfg.attention_impl, window=cfg.sliding_window)
       return jnp.einsum("btnh,nhd->btd", out_btnh, w_o_nhd.astype(dt))
     out_btnh, kv = decode_lib.cached_attention(q_btnh, k_btkh, v_btkh, segment_ids_bt, kv,
-                                               impl=cfg.attention_impl)
+                                               impl=cfg.attention_impl, window=cfg.sliding_window)
     return jnp.einsum("btnh,nhd->btd", out_btnh, w_o_nhd.astype(dt)), kv
 
 

@@ -55,6 +55,20 @@ def heldout_hook(heldout, *, every: int, console=None) -> Hook:
   return Hook(every=every, fn=fn, name="heldout")
 
 
+def before_first_update(hook: Hook, state, *, writer, mesh) -> dict:
+  """Runs `hook` on the initial state and writes its metrics at step 0.
+
+  A stage started from a parent logs the parent's held-out loss on this
+  stage's data before any update: the baseline the stage is measured
+  against (for an HF parent, what transformers computes on the same tokens).
+  """
+  with jax.set_mesh(mesh):
+    metrics = hook.fn(0, state) or {}
+  if metrics:
+    writer.write(0, metrics)
+  return metrics
+
+
 def probe_hook(eval_cfg, *, model_config, tokenizer_path, seq_len: int) -> Hook | None:
   """Probes from `config.eval.probes` every `config.eval.probe_every` steps, or None."""
   if not (eval_cfg or {}).get("probes"):

@@ -215,6 +215,8 @@ def _train(config, workdir: str, run_guard) -> dict:
       loss_fn=next_token_loss(model_cfg, len(domains), with_mtp=False), eval_batches=eval_batches,
       eval_bytes=eval_bytes, shardings=shardings, batch_sh=batch_sh, rules=rules)
   hooks = [evaluators.heldout_hook(heldout, every=t_cfg.eval_every, console=console)]
+  if parent is not None and start_step == 0:  # the parent's held-out loss, logged at step 0
+    evaluators.before_first_update(hooks[0], state, writer=writer, mesh=mesh)
   probes = evaluators.probe_hook(config.get("eval"), model_config=model_cfg,
                                  tokenizer_path=tokenizer_path, seq_len=seq_len)
   if probes is not None:

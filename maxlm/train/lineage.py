@@ -53,9 +53,12 @@ log = logging.getLogger("maxlm.train")
 MANIFEST = "stage_manifest.json"
 CARRY = ("params", "full")
 LR_FROM_PARENT = ("", "final", "peak")
-# Fields that define the parameter shapes; a stage must match its parent's.
+# Fields that define the parameter shapes (and, for the window, what they were trained
+# to compute); a stage must match its parent's.
 _SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                 "d_ff", "tie_embeddings")
+                 "d_ff", "tie_embeddings", "qkv_bias", "sliding_window")
+# Family fields newer than some saved configs: a parent without them had the default.
+_FIELD_DEFAULTS = {"qkv_bias": False, "sliding_window": None}
 # Execution and RoPE fields a stage may change on an imported HF model.
 _HF_OVERRIDES = ("compute_dtype", "param_dtype", "remat", "attention_impl", "scan_layers",
                  "rope_theta", "rope_scaling")
@@ -133,15 +136,16 @@ def resolve_parent(init_cfg, *, read_hf_model=None) -> Parent | None:
 
 def check_compatible(parent: Parent, model_cfg: ModelConfig, tokenizer_path: str) -> None:
   """Same parameter shapes and the same tokenizer as the parent, or a clear error."""
-  bad = [f"model.{f}: parent {parent.model.get(f)!r}, this stage {getattr(model_cfg, f)!r}"
-         for f in _SHAPE_FIELDS if parent.model.get(f) != getattr(model_cfg, f)]
+  theirs_of = lambda f: parent.model.get(f, _FIELD_DEFAULTS.get(f))
+  bad = [f"model.{f}: parent {theirs_of(f)!r}, this stage {getattr(model_cfg, f)!r}"
+         for f in _SHAPE_FIELDS if theirs_of(f) != getattr(model_cfg, f)]
   if bad:
     raise ValueError(f"init.from_checkpoint={parent.path}: the model shape differs from the"
                      " parent's (set config.model to the parent's shape):\n  " + "\n  ".join(bad))
   from maxlm.data.tokenizer import tokenizer_hash  # pylint: disable=g-import-not-at-top
   theirs = rundir.tokenizer_path(parent.workdir if parent.kind == "maxlm" else parent.path)
-  if not os.path.isfile(theirs):
-    log.warning("init: the parent %s has no SentencePiece tokenizer.model to compare with; "
+  if not os.path.exists(theirs):  # a tokenizer file, or an HF directory
+    log.warning("init: the parent %s has no tokenizer to compare with; "
                 "make sure data.tokenizer.path is the parent's tokenizer", parent.path)
     return
   if tokenizer_hash(theirs) != tokenizer_hash(tokenizer_path):
