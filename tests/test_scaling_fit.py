@@ -195,3 +195,20 @@ def test_fit_cli_all_methods_and_plots(tmp_path, capsys):
     with open(p, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert {os.path.basename(p) for p in out["plots"]} == {"isoflop.png", "frontier.png", "residuals.png"}
+
+
+def test_residual_plot_of_a_degenerate_fit_is_still_drawn(tmp_path):
+  """Six points cannot pin five parameters: A and alpha overflow, predictions are inf/nan.
+  The residual plot draws what is finite instead of failing on log axes over no data."""
+  from maxlm.scaling import plots
+  n, d = [856, 3376, 12640], [1.2e6, 5.3e5, 2.3e5]
+  degenerate = chinchilla.ChinchillaFit(E=3.3, A=np.inf, B=607.0, alpha=3027.0, beta=0.53,
+                                        objective=4e-5, n_points=3)
+  sane = chinchilla.ChinchillaFit(E=1.7, A=400.0, B=410.0, alpha=0.34, beta=0.28, objective=1e-3,
+                                  n_points=3)
+  with np.errstate(all="ignore"):
+    assert not np.isfinite(degenerate.predict(np.asarray(n, float), np.asarray(d, float))).any()
+    for name, fit, loss in (("none.png", degenerate, [3.9, 3.8, 4.1]),
+                            ("some.png", sane, [3.9, float("nan"), 4.1])):
+      path = plots.residuals(fit, n, d, loss, str(tmp_path / name))
+      assert os.path.getsize(path) > 1000

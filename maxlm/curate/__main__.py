@@ -3,6 +3,7 @@
   python -m maxlm.curate --config=configs/curate.py:default --input='raw/*.jsonl.gz' \
       --output=curated/ [--overwrite] [--runner=DataflowRunner --project=... --region=... --temp_location=gs://...]
   python -m maxlm.curate train-classifier --positive=GLOB --negative=GLOB --output=quality.npz
+  python -m maxlm.curate sample --out=raw      # a small raw corpus to try it on (maxlm.curate.sample)
 
 Flags the curate command does not know are Beam pipeline options. The
 train-classifier subcommand is maxlm.curate.train_classifier (its docstring
@@ -36,7 +37,10 @@ def _curate(argv):
 
 
 def main(argv):
-  if len(argv) > 1 and argv[1] == "train-classifier":
+  if len(argv) > 1 and argv[1] == "sample":
+    from maxlm.curate import sample  # argparse, no absl flags: nothing to clash with
+    sample.main(argv[2:])
+  elif len(argv) > 1 and argv[1] == "train-classifier":
     # Imported here: its flags (--output, ...) must not be defined for the curate command.
     from maxlm.curate import train_classifier
     app.run(train_classifier.main, argv=[argv[0]] + argv[2:])

@@ -69,14 +69,23 @@ def residuals(fit3, n, d, loss, path):
   """log L - log L_hat against compute: structure here means the law's form is wrong."""
   n, d, loss = (np.asarray(v, float) for v in (n, d, loss))
   r = np.log(loss) - np.log(fit3.predict(n, d))
+  # A degenerate fit (too few points for five parameters: A or alpha overflow) predicts inf;
+  # draw the finite residuals, as log axes over no data cannot be drawn at all.
+  ok = np.isfinite(r)
+  n, d, r = n[ok], d[ok], r[ok]
   fig, ax = plt.subplots(figsize=(6, 4))
+  if not ok.all():
+    ax.text(0.02, 0.95, f"{(~ok).sum()} run(s) with a non-finite prediction not drawn",
+            transform=ax.transAxes, fontsize=8, va="top")
   sc = ax.scatter(6 * n * d, r, c=np.log10(n), s=12, cmap="viridis")
   fig.colorbar(sc, ax=ax, label="log10 N")
   ax.axhline(0, color="k", lw=0.8)
-  ax.set_xscale("log")
+  if ok.any():
+    ax.set_xscale("log")
   ax.set_xlabel("6ND")
   ax.set_ylabel("log L - log L_hat")
-  ax.set_title(f"Approach 3 residuals (RMS {np.sqrt(np.mean(r ** 2)):.4f})")
+  rms = f"RMS {np.sqrt(np.mean(r ** 2)):.4f}" if ok.any() else "no finite prediction"
+  ax.set_title(f"Approach 3 residuals ({rms})")
   return _save(fig, path)
 
 
