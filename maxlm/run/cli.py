@@ -17,7 +17,6 @@ from ml_collections import config_flags
 from maxlm import cli as maxlm_cli
 from maxlm.data import DataErrorBudgetExceeded
 from maxlm.errors import RunError
-from maxlm.monitor.logs import absl_verbosity, quiet_library_logs
 
 
 def failure(summaries: list[dict]) -> str | None:
@@ -41,9 +40,6 @@ def run(fn, name: str) -> None:
 
   def main(argv):
     del argv
-    # orbax and grain log every save at INFO through absl; keep maxlm's own lines
-    # (absl's --verbosity=0 brings the libraries' INFO back).
-    quiet_library_logs(absl_verbosity())
     try:
       out = fn(config.value, workdir.value)
     except DataErrorBudgetExceeded as e:
@@ -54,4 +50,5 @@ def run(fn, name: str) -> None:
     if why:
       sys.exit(f"{name}: {why}")
 
-  maxlm_cli.run(main)  # bad flags, configs and input files: one line too (maxlm/cli.py)
+  # maxlm/cli.py: bad flags, configs and input files in one line, library INFO logs quiet.
+  maxlm_cli.run(main)
