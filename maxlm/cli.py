@@ -63,6 +63,10 @@ def run(main, argv: list[str] | None = None) -> None:
 
   def _main(args):
     started.append(True)
+    # Libraries (absl, orbax, grain, Beam, jax) log at WARNING unless --verbosity is given;
+    # maxlm's own INFO lines stay (maxlm/monitor/logs.py).
+    from maxlm.monitor.logs import absl_verbosity, quiet_library_logs  # pylint: disable=g-import-not-at-top
+    quiet_library_logs(absl_verbosity())
     return main(args)
 
   try:

@@ -298,7 +298,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("checkpoint", None, "maxlm workdir, checkpoints/<step> dir or HF dir",
                       required=True)
   flags.DEFINE_integer("step", None, "checkpoint step of a workdir (default: params/ export)")
@@ -309,4 +309,5 @@ if __name__ == "__main__":
   flags.DEFINE_float("top_p", 1.0, "1 = off")
   flags.DEFINE_multi_string("stop", [], "stop string; repeatable")
   flags.DEFINE_integer("seed", 0, "sampling seed")
-  app.run(main)
+  from maxlm import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)  # one-line input errors, quiet library logs

@@ -48,4 +48,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from maxlm import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)  # one-line input errors, quiet library logs

@@ -180,6 +180,9 @@ def test_command_line(tmp_path):
   summary = json.load(open(out / "summary.json"))
   assert [s["stage"] for s in summary["stages"]] == ["read", "normalize", "exact_dedup", "near_dedup"]
   assert summary["stages"][2]["removed"] == {"exact_duplicate": 1}
+  # Beam's per-stage INFO lines are quiet by default; the stage summary is the last output.
+  assert not [l for l in proc.stderr.splitlines() if l.startswith("INFO:apache_beam")], proc.stderr
+  assert proc.stdout.strip().splitlines()[-1].split(":")[0].strip() == "near_dedup", proc.stdout
 
 
 def test_report_has_charts_and_per_source_counts(tmp_path):

@@ -13,7 +13,7 @@ lists its flags).
 import logging
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 
@@ -27,6 +27,9 @@ def _curate(argv):
   if not inputs.value or not output.value or config.value is None:
     sys.exit("usage: python -m maxlm.curate --config=configs/curate.py:<variant> --input=GLOB --output=DIR")
   logging.basicConfig(level=logging.INFO)
+  # Beam logs every stage at INFO: keep maxlm's lines and the summary (--verbosity=0: all).
+  from maxlm.monitor.logs import absl_verbosity, quiet_library_logs
+  quiet_library_logs(absl_verbosity())
   try:
     summary = pipeline.run(config.value, inputs.value.split(","), output.value, beam_args,
                            overwrite=overwrite.value)
@@ -43,7 +46,8 @@ def main(argv):
   elif len(argv) > 1 and argv[1] == "train-classifier":
     # Imported here: its flags (--output, ...) must not be defined for the curate command.
     from maxlm.curate import train_classifier
-    app.run(train_classifier.main, argv=[argv[0]] + argv[2:])
+    from maxlm import cli
+    cli.run(train_classifier.main, argv=[argv[0]] + argv[2:])
   else:
     _curate(argv)
 

@@ -18,7 +18,7 @@ import json
 import sys
 import zlib
 
-from absl import app, flags
+from absl import flags
 
 from maxlm.curate import classifier
 
@@ -74,4 +74,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from maxlm import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)  # one-line input errors, quiet library logs

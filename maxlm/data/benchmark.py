@@ -94,8 +94,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top,ungrouped-imports
+  from absl import flags  # pylint: disable=g-import-not-at-top,ungrouped-imports
   flags.DEFINE_integer("seq_len", 2048, "T")
   flags.DEFINE_integer("batch", 16, "rows per batch")
   flags.DEFINE_integer("steps", 50, "batches timed")
-  app.run(main)
+  from maxlm import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)  # one-line input errors, quiet library logs

@@ -353,6 +353,8 @@ if __name__ == "__main__":
   flags.DEFINE_boolean("progress", True, "Show a progress bar.")
   # Flags prepare does not define are Beam pipeline options.
   rest = flags.FLAGS(sys.argv, known_only=True)
+  from maxlm.monitor.logs import absl_verbosity, quiet_library_logs  # pylint: disable=g-import-not-at-top
+  quiet_library_logs(absl_verbosity())  # Beam's per-stage INFO lines (--verbosity=0 shows them)
   if not (flags.FLAGS.tokenizer and flags.FLAGS.out and flags.FLAGS.config is not None):
     sys.exit("usage: python -m maxlm.data.prepare --config=CFG --tokenizer=TOK --out=DIR "
              "[Beam pipeline flags]")

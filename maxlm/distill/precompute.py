@@ -118,11 +118,12 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   _CONFIG = config_flags.DEFINE_config_file("config", None, "The student run's config[:arg].",
                                             lock_config=True)
   _OUT = flags.DEFINE_string("out", None, "Store directory (default distill.offline_dir).")
   _STEPS = flags.DEFINE_integer("steps", None, "Steps to precompute (default train.steps).")
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  from maxlm import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)  # one-line input errors, quiet library logs

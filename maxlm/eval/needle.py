@@ -170,10 +170,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("checkpoint", None, "maxlm workdir, checkpoint step dir or HF dir.")
   flags.DEFINE_list("lengths", ["128", "256", "512"], "Context lengths in tokens.")
   flags.DEFINE_list("depths", ["0", "0.25", "0.5", "0.75", "1"], "Needle depths in [0, 1].")
   flags.DEFINE_string("out", "needle_out", "Output directory.")
   flags.mark_flags_as_required(["checkpoint"])
-  app.run(main)
+  from maxlm import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)  # one-line input errors, quiet library logs

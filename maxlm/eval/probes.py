@@ -324,10 +324,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("checkpoints", None, "DIR[,DIR...]: workdirs (all their checkpoints),"
                       " checkpoints/<step> dirs or HF dirs, in training order", required=True)
   flags.DEFINE_string("probes", "configs/probes/example.jsonl", "probe JSONL file")
   flags.DEFINE_string("out", "probes_report", "directory for report.md, probes.jsonl, probes.png")
   flags.DEFINE_integer("max_len", None, "model context; longer probes are an error")
-  app.run(main)
+  from maxlm import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)  # one-line input errors, quiet library logs
