@@ -140,3 +140,26 @@ def test_unavailable_impls_fail_loudly(impl, match):
   q = jnp.zeros((1, 8, 2, 16))
   with pytest.raises(ValueError, match=match):
     attention_lib.attention(q, q, q, jnp.ones((1, 8), jnp.int32), impl=impl)
+
+
+@pytest.mark.parametrize("T,window", [(1, None), (37, None), (37, 5), (520, None), (520, 50)])
+def test_cpu_blocked_attention_matches_dense(T, window):
+  """The 'xla' path on CPU (query blocks against the keys they can see) equals dense_attention
+  (itself checked against NumPy in test_model.py): packed documents, padding, GQA, windows,
+  T not a multiple of the block (520 takes blocks of 33) and the gradient."""
+  rng = np.random.default_rng(T)
+  B, N, K, H = 2, 4, 2, 8
+  q, k, v = (jnp.asarray(rng.standard_normal((B, T, n, H)), jnp.float32) for n in (N, K, K))
+  seg_bt = np.sort(rng.integers(1, 4, (B, T)), axis=1).astype(np.int32)
+  seg_bt[:, T - T // 5:] = 0  # trailing padding
+  seg_bt = jnp.asarray(seg_bt)
+  blocked = lambda q, k, v: attention_lib.causal_blocked_attention(q, k, v, seg_bt, window=window)
+  dense = lambda q, k, v: attention_lib.dense_attention(q, k, v, seg_bt, window=window)
+  np.testing.assert_allclose(blocked(q, k, v), dense(q, k, v), atol=1e-5, rtol=1e-5)
+  g_blocked = jax.grad(lambda *a: jnp.sum(jnp.sin(blocked(*a))), argnums=(0, 1, 2))(q, k, v)
+  g_dense = jax.grad(lambda *a: jnp.sum(jnp.sin(dense(*a))), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(g_blocked, g_dense):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  with jax.default_device(jax.devices("cpu")[0]):  # the dispatch takes this path on CPU
+    np.testing.assert_allclose(attention_lib.attention(q, k, v, seg_bt, window=window),
+                               dense(q, k, v), atol=1e-5, rtol=1e-5)

@@ -9,8 +9,8 @@ directory (maxlm.interop, with that directory's tokenizer.model or
 tokenizer.json); see maxlm.generate.load_model. Needs lm-eval (an optional
 extra), not torch.
 
-Requests go through maxlm.eval.scoring (sorted by length, padded to
-power-of-two buckets, jitted forward) and maxlm.generate (KV cache).
+Requests go through maxlm.eval.scoring (sorted by length, padded to four
+length buckets per octave, jitted forward) and maxlm.generate (KV cache).
 Tokenization follows lm-eval's `hf` model (scoring.encode_pair): BOS (when the
 tokenizer has one and add_bos) leads the context; the context's trailing
 whitespace moves into the continuation; context + continuation are encoded
@@ -89,7 +89,8 @@ class MaxlmLM(LM):
         windows.append(w)
         owner.append(i)
     scores = scoring.score_continuations(self.cfg, self.params, windows,
-                                         batch_size=self.batch_size, max_len=self.max_length)
+                                         batch_size=self.batch_size, max_len=self.max_length,
+                                         with_ranks=False)
     totals = [0.0] * len(requests)
     for i, s in zip(owner, scores):
       totals[i] += s.total

@@ -25,8 +25,8 @@ from maxlm.model import ModelConfig, forward
 @dataclasses.dataclass
 class Score:
   logprobs: np.ndarray  # [C] float64: log p(token_i | everything before)
-  ranks: np.ndarray  # [C] int: 1 + number of vocab entries scored strictly higher
-  greedy: bool  # every continuation token is the argmax
+  ranks: np.ndarray | None  # [C] int: 1 + vocab entries scored strictly higher (None: not asked)
+  greedy: bool | None  # every continuation token is the argmax (None: ranks not asked)
 
   @property
   def total(self) -> float:
@@ -37,11 +37,14 @@ class Score:
     return float(self.logprobs.mean()) if len(self.logprobs) else 0.0
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _token_stats(cfg: ModelConfig, params, inputs_bt, targets_bt, segment_ids_bt):
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _token_stats(cfg: ModelConfig, with_ranks: bool, params, inputs_bt, targets_bt,
+                 segment_ids_bt):
   logits_btv = forward(cfg, params, inputs_bt, segment_ids_bt)
   logp_btv = jax.nn.log_softmax(logits_btv, axis=-1)
   logp_bt = jnp.take_along_axis(logp_btv, targets_bt[..., None], axis=-1)[..., 0]
+  if not with_ranks:  # rolling perplexity: a [B, T, V] compare and reduction saved
+    return logp_bt, None
   tgt_logit_bt1 = jnp.take_along_axis(logits_btv, targets_bt[..., None], axis=-1)
   rank_bt = 1 + jnp.sum(logits_btv > tgt_logit_bt1, axis=-1)
   return logp_bt, rank_bt
@@ -62,12 +65,14 @@ def bucket_length(n: int, min_bucket: int = 32) -> int:
 
 def score_continuations(model_config, params, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
                         *, batch_size: int = 8, max_len: int | None = None,
-                        truncate: bool = False) -> list[Score]:
+                        truncate: bool = False, with_ranks: bool = True) -> list[Score]:
   """Scores (context, continuation) id pairs; results in the order of `requests`.
 
   The model sees context + continuation[:-1] (at most `max_len` tokens). A
   longer request raises, or with `truncate` loses context from the left (as
   lm-eval does). The context must hold at least one token (e.g. BOS).
+  `with_ranks=False` skips ranks and greedy (None in the Scores): a sum of
+  log-probs needs neither.
   Every batch is dispatched before any result is read back: the device runs
   batch k+1 while the host builds batch k+2, with one host sync at the end.
   """
@@ -82,21 +87,28 @@ def score_continuations(model_config, params, requests: Sequence[tuple[Sequence[
     T = bucket_length(longest)
     if max_len is not None:
       T = min(T, max(max_len, longest))
-    B = batch_size  # a fixed batch: the last partial one compiles no new shape
+    # Full batches share one batch size; a partial last batch (the shortest rows)
+    # rounds up to a multiple of 8 rather than running up to batch_size - 1 empty
+    # rows: one more shape to compile, a smaller forward every call.
+    B = batch_size if len(chunk) == batch_size else min(batch_size, -(-len(chunk) // 8) * 8)
     inputs = np.zeros((B, T), np.int32)
     targets = np.zeros((B, T), np.int32)
     seg = np.zeros((B, T), np.int32)
     for b, (_, ids, _) in enumerate(chunk):
       n = len(ids) - 1
       inputs[b, :n], targets[b, :n], seg[b, :n] = ids[:-1], ids[1:], 1
-    pending.append((chunk, _token_stats(cfg, params, inputs, targets, seg)))
+    pending.append((chunk, _token_stats(cfg, with_ranks, params, inputs, targets, seg)))
   out: list[Score | None] = [None] * len(rows)
   for chunk, stats in pending:
     logp, rank = jax.device_get(stats)
     for b, (i, ids, c) in enumerate(chunk):
       n = len(ids) - 1
-      lp, rk = logp[b, n - c:n].astype(np.float64), rank[b, n - c:n]
-      out[i] = Score(lp, rk, bool(np.all(rk == 1)))
+      lp = logp[b, n - c:n].astype(np.float64)
+      if rank is None:
+        out[i] = Score(lp, None, None)
+      else:
+        rk = rank[b, n - c:n]
+        out[i] = Score(lp, rk, bool(np.all(rk == 1)))
   return out
 
 

@@ -62,6 +62,48 @@ def dense_attention(q_btnh, k_bskh, v_bskh, segment_ids_bt, *, causal: bool = Tr
   return out_btkgh.reshape(B, T, N, H)
 
 
+def causal_blocked_attention(q_btnh, k_bskh, v_bskh, segment_ids_bt, *,
+                             softmax_scale: float | None = None, window: int | None = None):
+  """dense_attention (causal, T == S) by query blocks, each against only the keys it can see.
+
+  The 'xla' path on CPU. XLA's CPU dot emitter runs dense_attention's
+  "btkgh,bskh->bkgts" einsum several times slower than the same product laid
+  out as [B, K, G*T, H] x [B, K, H, S], and a [B, N, T, T] float32 block falls
+  out of cache at T ~ 256 (7x slower at 256 than at 128 on the tiny model).
+  Query block [s0, e) attends to keys [lo, e): the keys after e are masked by
+  causality (and those before lo by the window), so dropping them changes no
+  probability; every row keeps its own key, so none is empty. Same float32
+  logits and softmax as dense_attention; ~4-7x faster on CPU at T = 128-256.
+  """
+  B, T, N, H = q_btnh.shape
+  K = k_bskh.shape[2]
+  G = N // K
+  scale = softmax_scale if softmax_scale is not None else H ** -0.5
+  # Blocks of 32 queries up to T = 512, then T / 16: the loop (unrolled at trace
+  # time) stays at most 16 blocks, so long sequences do not bloat the program.
+  bq = max(32, -(-T // 16))
+  q_bkgth = q_btnh.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
+  k_bkhs = k_bskh.transpose(0, 2, 3, 1)
+  v_bksh = v_bskh.transpose(0, 2, 1, 3)
+  outs = []
+  for s0 in range(0, T, bq):
+    e = min(s0 + bq, T)
+    lo = 0 if window is None else max(0, s0 - window + 1)
+    q_bkmh = q_bkgth[:, :, :, s0:e].reshape(B, K, G * (e - s0), H)
+    logits_bkgts = jnp.matmul(q_bkmh, k_bkhs[..., lo:e], preferred_element_type=jnp.float32
+                              ).reshape(B, K, G, e - s0, e - lo) * scale
+    q_pos, k_pos = jnp.arange(s0, e)[:, None], jnp.arange(lo, e)[None, :]
+    mask_bts = (segment_ids_bt[:, s0:e, None] == segment_ids_bt[:, None, lo:e]) & (q_pos >= k_pos)
+    if window is not None:
+      mask_bts &= q_pos - k_pos < window
+    logits_bkgts = jnp.where(mask_bts[:, None, None], logits_bkgts, jnp.finfo(jnp.float32).min)
+    probs_bkms = jax.nn.softmax(logits_bkgts, axis=-1).astype(v_bskh.dtype).reshape(
+        B, K, G * (e - s0), e - lo)
+    outs.append(jnp.matmul(probs_bkms, v_bksh[:, :, lo:e]).reshape(B, K, G, e - s0, H))
+  out_bkgth = jnp.concatenate(outs, axis=3)
+  return out_bkgth.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+
+
 def make_attention_mask(q_segment_ids_bt, kv_segment_ids_bs, *, causal: bool = True,
                         window: int | None = None):
   """Boolean [B, T, S]: same segment and (if causal) key position <= query position.
@@ -111,6 +153,8 @@ def attention(q_btnh, k_bskh, v_bskh, segment_ids_bt, *, impl: str = "xla",
   if impl == "xla":
     if segment_ids_bt is None:
       segment_ids_bt = jnp.ones(q_btnh.shape[:2], jnp.int32)
+    if jax.default_backend() == "cpu" and q_btnh.shape[1] == k_bskh.shape[1]:
+      return causal_blocked_attention(q_btnh, k_bskh, v_bskh, segment_ids_bt, window=window)
     return dense_attention(q_btnh, k_bskh, v_bskh, segment_ids_bt, window=window)
   if impl == "pallas":
     # The kernel's window w counts the keys before the query (w + 1 in all).
