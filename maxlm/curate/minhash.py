@@ -50,7 +50,7 @@ _ASCII_NON_WORD = bytes(c if c < 128 and (chr(c).isalnum() or c == 95) else 32 f
 
 
 def _tokens(text: str) -> list:
-  """Lowercased \w+ tokens: bytes for ASCII text (the fast path), str otherwise."""
+  r"""Lowercased \w+ tokens: bytes for ASCII text (the fast path), str otherwise."""
   low = text.lower()
   if low.isascii():
     return low.encode("ascii").translate(_ASCII_NON_WORD).split()
