@@ -53,7 +53,7 @@ def load_run(workdir: str, step: int | None = None):
     raise ValueError(f"--workdir={workdir} is a Hugging Face directory already, not a maxlm run")
   run_config = rundir.read_config(workdir)
   cfg = ModelConfig.from_any(run_config["model"])
-  source, kind = rundir.params_source(workdir, step)
+  source, kind, _ = rundir.params_source(workdir, step)
   # An explicit single-device target, so a checkpoint saved on any mesh restores here.
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
