@@ -200,6 +200,9 @@ def validate(data_config) -> None:
                        "expected an int >= 0 (0 = no cap)")
     if kinds[s["kind"]].needs_paths and not s["paths"]:
       raise ValueError(f"data.sources.{s['name']}.paths is empty for kind {s['kind']!r}")
+    if kinds[s["kind"]].instruct and s["max_doc_chars"]:
+      raise ValueError(f"data.sources.{s['name']}.max_doc_chars={s['max_doc_chars']}: an"
+                       f" {s['kind']!r} record is one document, never cut; set it to 0")
   if sum(s["weight"] for s in srcs) <= 0:
     raise ValueError("data.sources: weights sum to 0")
   if data_config.packing not in PACKINGS:
