@@ -309,8 +309,9 @@ def test_mixes_by_token_share(dirs, tmp_path):
   for _ in range(25):
     b = next(it)
     np.add.at(tokens, b["domain_ids"][b["segment_ids"] > 0], 1)
-  share = tokens / tokens.sum()  # domains sorted: chat, prose
-  assert abs(share[0] - 0.25) < 0.05, share
+  # Domains sorted: chat, prose. The mixer serves the source furthest below its share, so
+  # it is never more than about a row (32 tokens; prompts count, they cost compute) off.
+  assert abs(tokens[0] - 0.25 * tokens.sum()) <= 2 * 32, tokens
 
 
 def _digest(batches) -> str:
@@ -414,3 +415,28 @@ def test_chat_records_need_a_chat_template(tok_json, tmp_path):
   with pytest.raises(ValueError, match=r"data.sources.sft.max_doc_chars=100: an 'instruct' "
                      "record is one document"):
     config_lib.validate(c)
+
+
+def test_prepare_refuses_instruction_sources_and_training_reads_them_raw(dirs, tmp_path):
+  from maxlm.data import prepare  # pylint: disable=g-import-not-at-top
+  c = _config(tmp_path, dirs["chatml"])
+  out = str(tmp_path / "shards")
+  with pytest.raises(ValueError, match=r"^prepare: data.sources.sft is an instruction source "
+                     r"\(kind 'instruct'\); instruction sources are read raw by training"):
+    prepare.prepare(c, dirs["chatml"], out, progress=False)
+  plain = _config(tmp_path, dirs["chatml"], chat=False)
+  prepare.prepare(plain, dirs["chatml"], out, progress=False)
+  # The same batches from shards + raw instruction records as from raw files alone.
+  mixed = _config(tmp_path, dirs["chatml"])
+  mixed.prepared_dir = out
+  kw = dict(tokenizer_path=dirs["chatml"], seq_len=32, global_batch=4, seed=0)
+  a, b = pipeline.make_train_iterator(c, **kw), pipeline.make_train_iterator(mixed, **kw)
+  for _ in range(6):
+    x, y = next(a), next(b)
+    assert set(x) == set(y)
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+  ev_x = pipeline.make_eval_batches(c, tokenizer_path=dirs["chatml"], seq_len=32, global_batch=4)
+  ev_y = pipeline.make_eval_batches(mixed, tokenizer_path=dirs["chatml"], seq_len=32,
+                                    global_batch=4)
+  assert _digest(ev_x["chat"]) == _digest(ev_y["chat"]) and ev_x["chat"][0]["loss_mask"].any()
