@@ -440,3 +440,26 @@ def test_prepare_refuses_instruction_sources_and_training_reads_them_raw(dirs, t
   ev_y = pipeline.make_eval_batches(mixed, tokenizer_path=dirs["chatml"], seq_len=32,
                                     global_batch=4)
   assert _digest(ev_x["chat"]) == _digest(ev_y["chat"]) and ev_x["chat"][0]["loss_mask"].any()
+
+
+@pytest.mark.slow
+def test_anneal_with_instruction_data_has_a_pulse(dirs, tmp_path):
+  """configs/anneal.py's instruct= option: a few steps from scratch, chat and prompt/response
+  records from the ChatML directory's template, the instruct domain trained and evaluated."""
+  from maxlm import config_files  # pylint: disable=g-import-not-at-top
+  from maxlm.run.pretrain import train  # pylint: disable=g-import-not-at-top
+  sft = _config(tmp_path, dirs["chatml"]).sources.sft.paths[0]
+  c = config_files.load(os.path.join(os.path.dirname(__file__), "..", "configs", "anneal.py")
+                        ).get_config(f"tiny,steps=3,instruct={sft},instruct_weight=0.5")
+  assert c.data.schedule[0]["weights"] == dict(pydocs=0.3, shakespeare=0.1, stdlib=0.1,
+                                               instruct=0.5)
+  c.data.schedule = (dict(start=1, weights=dict(c.data.schedule[0]["weights"])),)
+  for name in ("shakespeare", "stdlib", "pydocs"):
+    c.data.sources[name].max_docs = 20
+  c.data.tokenizer.path = dirs["chatml"]
+  c.train.global_batch, c.ckpt.export_params = 8, False
+  train(c, str(tmp_path / "run"))
+  rows = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
+  inst = [r["train/instruct/loss"] for r in rows if "train/instruct/loss" in r]
+  ev = [r["eval/instruct/loss"] for r in rows if "eval/instruct/loss" in r]
+  assert inst and ev and all(np.isfinite(inst + ev))
