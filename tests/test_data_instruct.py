@@ -463,3 +463,35 @@ def test_anneal_with_instruction_data_has_a_pulse(dirs, tmp_path):
   inst = [r["train/instruct/loss"] for r in rows if "train/instruct/loss" in r]
   ev = [r["eval/instruct/loss"] for r in rows if "eval/instruct/loss" in r]
   assert inst and ev and all(np.isfinite(inst + ev))
+
+
+def test_template_errors_name_the_record(tok_json, tmp_path):
+  root = str(tmp_path)
+  # A template that renders the last turn differently breaks the prefix property: refused.
+  last = ("{% for m in messages %}{% if loop.last %}{{ 'LAST ' }}{% endif %}"
+          "{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}")
+  d = _hf_dir(root, tok_json, "last", last, None, "</s>")
+  with pytest.raises(ValueError, match=r"does not render messages\[:2\] as a prefix"):
+    instruct.encode({"messages": CHATS[0]}, tokenizer_lib.load(d), bos_id=None, eos_id=None)
+  # raise_exception in a template: through the pipeline, naming the source, file and line.
+  strict = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+            "{{ raise_exception('System role not supported') }}{% endif %}"
+            "{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}")
+  d = _hf_dir(root, tok_json, "strict", strict, None, "</s>")
+  c = _config(tmp_path, d, text=False, instruct_weight=1.0)
+  c.heldout_fraction = 0.0
+  path = _write_jsonl(tmp_path / "sys.jsonl", [{"messages": CHATS[1]}] * 3)
+  c.sources.sft.paths = (path,)
+  it = pipeline.make_train_iterator(c, tokenizer_path=d, seq_len=32, global_batch=2, seed=0)
+  with pytest.raises(Exception, match=rf"data.sources.sft: {path}:[123]: TemplateError: "
+                     "System role not supported"):
+    next(it)
+
+
+def test_tokenizer_sample_reads_the_words_of_records(dirs, tmp_path):
+  c = _config(tmp_path, "", text=False, instruct_weight=1.0)
+  sample = tokenizer_lib.training_sample(c)
+  recs = [json.loads(l) for l in open(c.sources.sft.paths[0])]
+  words = {"\n".join(m["content"] for m in r["messages"]) if "messages" in r
+           else r["prompt"] + r["response"] for r in recs}
+  assert sample and set(sample) <= words

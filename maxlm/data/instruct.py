@@ -106,6 +106,15 @@ def _check_messages(messages) -> tuple[str, str]:
   return "", ""
 
 
+def plain_text(json_line: str) -> str:
+  """The words of a checked record without its JSON syntax (contents joined by newlines,
+  or prompt + response): what a tokenizer trained on the sources should see of it."""
+  rec = json.loads(json_line)
+  if "messages" in rec:
+    return "\n".join(m["content"] for m in rec["messages"])
+  return rec["prompt"] + rec["response"]
+
+
 def check_tokenizer(source_name: str, first_messages: str | None, tok) -> None:
   """Refuses a source with `messages` records when the tokenizer has no chat template.
 
