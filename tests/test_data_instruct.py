@@ -495,3 +495,33 @@ def test_tokenizer_sample_reads_the_words_of_records(dirs, tmp_path):
   words = {"\n".join(m["content"] for m in r["messages"]) if "messages" in r
            else r["prompt"] + r["response"] for r in recs}
   assert sample and set(sample) <= words
+
+
+def test_sentencepiece_directory_offsets_and_mask(tmp_path):
+  """A tokenizer.model HF directory: SentencePiece's character offsets give the same mask
+  as each turn encoded on its own, byte-fallback characters included (never split)."""
+  import io  # pylint: disable=g-import-not-at-top
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  rng = random.Random(2)
+  words = "the a of to and code data model train loss token row batch mask what is".split()
+  proto = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter([" ".join(rng.choice(words) for _ in range(30)) for _ in range(200)]),
+      model_writer=proto, model_type="bpe", vocab_size=300, unk_id=0, bos_id=1, eos_id=2,
+      pad_id=-1, byte_fallback=True, add_dummy_prefix=False, normalization_rule_name="identity",
+      remove_extra_whitespaces=False, user_defined_symbols=["<|im_start|>", "<|im_end|>", "\n"],
+      minloglevel=2)
+  d = tmp_path / "sp"
+  d.mkdir()
+  (d / "tokenizer.model").write_bytes(proto.getvalue())
+  (d / "tokenizer_config.json").write_text(json.dumps(dict(bos_token="<s>", eos_token="</s>",
+                                                           chat_template=CHATML)))
+  tok = tokenizer_lib.load(str(d))
+  chat = [{"role": "user", "content": "naïve café?"}, {"role": "assistant", "content": "数字 ☃ code"},
+          {"role": "user", "content": "the mask"}, {"role": "assistant", "content": "é is a row"}]
+  text = instruct.render(CHATML, chat)
+  ids, offsets = tok.encode_offsets(text)
+  assert ids == tok.encode(text) and len(ids) == len(offsets)
+  ids, mask = instruct.encode({"messages": chat}, tok, bos_id=tok.bos_id, eos_id=tok.eos_id)
+  assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id and mask[0] == 0 and mask[-1] == 1
+  np.testing.assert_array_equal(mask[1:-1], _reference_mask(tok, chat, ids[1:-1]))

@@ -219,9 +219,12 @@ def encode(rec: dict, tok, *, bos_id: int | None, eos_id: int | None
 
 def _overlaps(offsets, spans) -> list[int]:
   """1 for each token whose [start, end) characters overlap a span (spans and offsets in
-  order, so one pass), as transformers builds its assistant mask."""
+  order, so one pass), as transformers builds its assistant mask. A zero-width token (the
+  leading byte pieces of a character under SentencePiece byte fallback) counts as covering
+  its next character, so all bytes of a character fall on the same side."""
   mask, j = [0] * len(offsets), 0
   for t, (start, end) in enumerate(offsets):
+    end = max(end, start + 1)
     while j < len(spans) and start >= spans[j][1]:
       j += 1
     if j == len(spans):

@@ -24,10 +24,8 @@ transformers at run time.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -172,11 +170,9 @@ class Tokenizer:
     """(ids of `text` as encode gives them, [start, end) characters of each id in `text`),
     so a character span (an assistant turn: maxlm.data.instruct) maps to its tokens."""
     if self.sp is not None:
-      pieces = self.sp.encode(text, out_type="immutable_proto").pieces
-      # SentencePiece gives UTF-8 byte offsets: map them to characters.
-      char_at = list(itertools.accumulate((len(c.encode()) for c in text), initial=0))
-      to_char = lambda b: bisect.bisect_right(char_at, b) - 1
-      return [p.id for p in pieces], [(to_char(p.begin), to_char(p.end)) for p in pieces]
+      # Character offsets; the byte pieces of one character are (c, c) ... (c, c + 1).
+      out = self.sp.encode(text, return_type="offset_mapping")
+      return list(out["ids"]), [tuple(o) for o in out["offsets"]]
     enc = self._hf.encode(text, add_special_tokens=False)
     return list(enc.ids), [tuple(o) for o in enc.offsets]
 
