@@ -486,6 +486,14 @@ def test_template_errors_name_the_record(tok_json, tmp_path):
   with pytest.raises(Exception, match=rf"data.sources.sft: {path}:[123]: TemplateError: "
                      "System role not supported"):
     next(it)
+  # A compressed file's records come from a scratch copy: named relative to the glob.
+  import gzip  # pylint: disable=g-import-not-at-top
+  with open(path, "rb") as f, gzip.open(tmp_path / "sys.jsonl.gz", "wb") as g:
+    g.write(f.read())
+  c.sources.sft.paths = (str(tmp_path / "*.gz"),)
+  it = pipeline.make_train_iterator(c, tokenizer_path=d, seq_len=32, global_batch=2, seed=0)
+  with pytest.raises(Exception, match=r"data.sources.sft: sys.jsonl.gz:[123]: TemplateError"):
+    next(it)
 
 
 def test_tokenizer_sample_reads_the_words_of_records(dirs, tmp_path):

@@ -108,8 +108,11 @@ class InstructTokenize(grain.transforms.Map):
                                   bos_id=self.bos_id, eos_id=self.eos_id)
     except Exception as e:  # a template error (jinja raises its own kinds): name the record
       i = int(doc_id) - self.first_id
-      raise ValueError(f"data.sources.{self.source_name}: {self.index.path_of(i)}:"
-                       f"{self.index.line_of(i)}: {type(e).__name__}: {e}") from e
+      path = self.index.path_of(i)
+      if path.endswith(".spill"):  # a compressed file's records are read from a scratch copy
+        path = self.index.key(i).split(":", 1)[1].rsplit(":", 1)[0]  # relative to the glob
+      raise ValueError(f"data.sources.{self.source_name}: {path}:{self.index.line_of(i)}:"
+                       f" {type(e).__name__}: {e}") from e
     return packing.to_example(ids, self.domain_id, doc_id, mask)
 
 
@@ -184,8 +187,8 @@ def streams(data_config, *, tokenizer_path: str, split: str = "train") -> list[S
   srcs = config_lib.iter_sources(c)
   raw = [s["name"] for s in srcs if sources_lib.is_instruct(s)]
   # Raw sources' doc ids follow every id in the shards (HostBatches needs them disjoint).
-  first_id = max([hi for _, hi in (shards_lib.doc_id_range(manifest, n)
-                                   for n in manifest["sources"])], default=0)
+  first_id = max((shards_lib.doc_id_range(manifest, n)[1] for n in manifest["sources"]),
+                 default=0)
   raw_plans = {p.name: p for p in plan_sources(c, names=raw, first_id=first_id)} if raw else {}
   out = []
   for s in srcs:
