@@ -51,7 +51,8 @@ def default_data_config(variant: str = "two_domains") -> ml_collections.ConfigDi
   # ordering.py), order_desc (descending curriculum).
   # kind='instruct' reads JSONL instruction records ({"messages": [...]} with the
   # tokenizer's chat template, or {"prompt", "response"}) and scores response tokens
-  # only (maxlm/data/instruct.py); its max_doc_chars must stay 0 (a record is never cut).
+  # only (maxlm/data/instruct.py); its max_doc_chars must stay 0 (a record is never cut),
+  # and min_doc_chars / order_by='length' count the record's JSON line.
   c.sources = ml_collections.ConfigDict()
   c.sources.shakespeare = source(kind="shakespeare", domain="prose", weight=0.5,
                                  max_doc_chars=20_000)
