@@ -151,6 +151,21 @@ def test_rendering_and_ids_equal_transformers(dirs, name):
 
 
 @pytest.mark.torch
+def test_extra_message_fields_render_as_transformers(tok_json, tmp_path):
+  """Reasoning under any of its names reaches `thinking`; None-valued keys are dropped."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  t = ("{% for m in messages %}{{ m['role'] }}:{% if m.thinking %}<think>{{ m.thinking }}"
+       "</think>{% endif %}{% if m.name is defined %}[{{ m.name }}]{% endif %}{{ m['content'] }}"
+       "\n{% endfor %}")
+  d = _hf_dir(str(tmp_path), tok_json, "think", t, None, "</s>")
+  hf = transformers.AutoTokenizer.from_pretrained(d)
+  chat = [{"role": "user", "content": "q", "name": None},
+          {"role": "assistant", "content": "a", "reasoning": "because"}]
+  assert instruct.render(t, chat) == hf.apply_chat_template(chat, tokenize=False)
+  assert "<think>because</think>" in instruct.render(t, chat) and "[" not in instruct.render(t, chat)
+
+
+@pytest.mark.torch
 def test_mask_equals_transformers_generation_mask(dirs):
   """transformers' return_assistant_tokens_mask on the {% generation %} twin of the template."""
   import transformers  # pylint: disable=g-import-not-at-top

@@ -167,10 +167,16 @@ def special_tokens(tok) -> dict[str, str]:
 def render(template: str, messages: list[dict], *, add_generation_prompt: bool = False,
            **variables) -> str:
   """The rendered text of a conversation (apply_chat_template(..., tokenize=False))."""
-  # transformers drops keys whose value is None before rendering.
-  messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+  # transformers drops keys whose value is None before rendering, and copies a message's
+  # reasoning (under any of its names) to the two names templates read.
+  messages = [_alias_reasoning({k: v for k, v in m.items() if v is not None}) for m in messages]
   return _compiled(template).render(messages=messages, tools=None, documents=None,
                                     add_generation_prompt=add_generation_prompt, **variables)
+
+
+def _alias_reasoning(m: dict) -> dict:
+  reasoning = next((m[k] for k in ("reasoning_content", "thinking", "reasoning") if k in m), None)
+  return m if reasoning is None else {"thinking": reasoning, **m, "reasoning_content": reasoning}
 
 
 def render_with_spans(template: str, messages: list[dict],
