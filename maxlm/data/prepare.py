@@ -50,6 +50,7 @@ import time
 from maxlm.data import config as config_lib
 from maxlm.data import pipeline
 from maxlm.data import shards as shards_lib
+from maxlm.data import sources as sources_lib
 from maxlm.data import tokenizer as tokenizer_lib
 
 SHARD_TOKENS = 16_000_000  # default target tokens per shard (32 MB of uint16)
@@ -81,6 +82,12 @@ def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
   workers=1 and no beam_args: in this process. Otherwise a Beam pipeline
   (beam_args: Beam pipeline flags; workers: local processes, 0 = all cores).
   """
+  for s in config_lib.iter_sources(data_config):
+    if sources_lib.is_instruct(s):  # the shard format has no loss mask (maxlm.data.instruct)
+      raise ValueError(
+          f"prepare: data.sources.{s['name']} is an instruction source (kind {s['kind']!r});"
+          " instruction sources are read raw by training, beside the shards: prepare a config"
+          " without it, then train with it and data.prepared_dir")
   sha = tokenizer_lib.tokenizer_hash(tokenizer_path)
   vocab = tokenizer_lib.load(tokenizer_path).vocab_size
   dtype = "<u2" if vocab <= 1 << 16 else "<u4"
