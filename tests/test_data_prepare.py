@@ -1,6 +1,7 @@
 """Tokenize-once shards (issue 3): manifest, resume, hash check, equivalence."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -71,6 +72,39 @@ def test_training_from_shards_equals_training_from_raw_text(prepared):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def test_shard_document_counts_are_the_records_written(prepared, tmp_path, monkeypatch):
+  # Several encode batches per shard: the count must cover the whole shard,
+  # not its last batch (a count short of the records hides documents from training).
+  tok, _, _ = prepared
+  monkeypatch.setattr(prepare_lib, "_ENCODE_BATCH", 3)
+  out = str(tmp_path / "s")
+  m = prepare_lib.prepare(small_config(), tok, out, docs_per_shard=8, progress=False)
+  from array_record.python import array_record_data_source
+  for plan in pipeline.plan_sources(small_config()):
+    entry = m["sources"][plan.name]["train"]
+    records = [array_record_data_source.ArrayRecordDataSource([os.path.join(out, s)]).__len__()
+               for s in entry["shards"]]
+    assert entry["shard_docs"] == records and entry["docs"] == len(plan.train), plan.name
+
+
+def test_beam_options_default_to_local_processes():
+  from maxlm.data import beam as beam_lib
+  from apache_beam.options.pipeline_options import DirectOptions, WorkerOptions
+  options, runner = beam_lib.pipeline_options([], 3)
+  direct = options.view_as(DirectOptions)
+  assert type(runner).__name__ == "FnApiRunner"  # never Prism (downloads a binary, fails offline)
+  assert (direct.direct_running_mode, direct.direct_num_workers) == ("multi_processing", 3)
+  # The user's flags win over the defaults.
+  options, _ = beam_lib.pipeline_options(["--direct_num_workers=5", "--direct_running_mode=in_memory",
+                                          "--default_sdk_harness_log_level=DEBUG"], 3)
+  direct = options.view_as(DirectOptions)
+  assert (direct.direct_running_mode, direct.direct_num_workers) == ("in_memory", 5)
+  assert options.view_as(WorkerOptions).default_sdk_harness_log_level == "DEBUG"
+  # A cluster runner gets the options untouched and picks its own runner.
+  options, runner = beam_lib.pipeline_options(["--runner=FlinkRunner"], 3)
+  assert runner is None and options.view_as(DirectOptions).direct_num_workers == 1  # Beam's default
+
+
 def test_tokenizer_mismatch_stops_before_training(prepared, tmp_path):
   _, out, _ = prepared
   c = small_config()
@@ -120,7 +154,11 @@ def test_cli_on_beam_writes_the_same_shards(prepared, tmp_path):
   # The bar and the summary count the same shards.
   n = sum(len(s[k]["shards"]) for s in got["sources"].values() for k in ("train", "heldout"))
   assert f"{n} shards ({n} written now)" in res.stdout
-  assert f"{n}/{n}" in res.stderr
+  # The bar's last state counts what the summary lists (issue 18: 13 vs 10).
+  bars = re.findall(r"prepare:.*?(\d+)/(\d+) \[", res.stderr)
+  assert bars and bars[-1] == (str(n), str(n)), bars[-3:]
+  # Beam's local workers are quiet too (they logged ~12 INFO lines each).
+  assert "INFO:apache_beam" not in res.stderr, res.stderr[-2000:]
   assert "manifest:" in res.stdout
 
 

@@ -28,7 +28,6 @@ import os
 import apache_beam as beam
 import zstandard
 from apache_beam.io import fileio
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from maxlm.curate import outdir, report
 from maxlm.curate.classifier import ClassifierScore
@@ -37,6 +36,7 @@ from maxlm.curate.dedup import Boilerplate, ExactDedup, NearDedup
 from maxlm.curate.read import ReadDocuments
 from maxlm.curate.stages import (C4Lines, FineWebQuality, GopherQuality, GopherRepetition, LanguageId,
                                  Normalize)
+from maxlm.data import beam as beam_lib
 
 
 def _model_score(**kwargs):
@@ -175,23 +175,6 @@ def build_pipeline(p: beam.Pipeline, config, inputs, output: str) -> None:
   return stage_names
 
 
-def pipeline_options(beam_args, num_workers: int = 0) -> tuple[PipelineOptions, object]:
-  """Options and runner. Without --runner (or with DirectRunner) this is Beam's FnApiRunner,
-  one process per core: DirectRunner would first try the Prism runner, which downloads a
-  binary at run time and fails offline."""
-  options = PipelineOptions(list(beam_args))
-  runner = options.view_as(StandardOptions).runner
-  if runner in (None, "DirectRunner", "FnApiRunner"):
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-    direct = options.view_as(DirectOptions)
-    if "--direct_running_mode" not in " ".join(beam_args):
-      direct.direct_running_mode = "multi_processing"
-    if not direct.direct_num_workers:
-      direct.direct_num_workers = num_workers or os.cpu_count() or 1
-    return options, FnApiRunner()
-  return options, None
-
-
 def run(config, inputs, output: str, beam_args=(), overwrite: bool = False) -> dict:
   """Runs the pipeline to completion; returns the summary (also written under `output`).
 
@@ -204,7 +187,7 @@ def run(config, inputs, output: str, beam_args=(), overwrite: bool = False) -> d
   if done is not None:
     report.check_error_budget(done, config.read.max_error_fraction)
     return done
-  options, runner = pipeline_options(beam_args, config.num_workers)
+  options, runner = beam_lib.pipeline_options(beam_args, config.num_workers)
   with beam.Pipeline(runner=runner, options=options) as p:
     stage_names = build_pipeline(p, config, inputs, output)
   summary = report.write_report(output, stage_names, config.to_dict(),

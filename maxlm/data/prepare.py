@@ -8,8 +8,8 @@ r"""Tokenize once on Apache Beam: sources -> ArrayRecord token shards + manifest
       --config.data.tokenizer.path=/tmp/tok.model --config.data.prepared_dir=/tmp/shards
 
 Flags prepare does not know are Beam pipeline options. Without --runner it is
-Beam's FnApiRunner with one process per core (multi_processing mode, as
-maxlm.curate runs; DirectRunner's default Prism runner downloads a binary and
+Beam's FnApiRunner with one process per core (maxlm.data.beam, shared with
+maxlm.curate; DirectRunner's default Prism runner downloads a binary and
 fails offline). A cluster runner needs --out on a filesystem every worker sees
 (the shards are written by the workers with ArrayRecord's file writer).
 
@@ -47,6 +47,7 @@ import os
 import threading
 import time
 
+from maxlm.data import beam as beam_lib
 from maxlm.data import config as config_lib
 from maxlm.data import pipeline
 from maxlm.data import shards as shards_lib
@@ -193,7 +194,7 @@ def _write_shard(t: _Task, docs) -> int:
   os.replace(tmp, t.path + ".array_record")
   # The summary marks the shard done (written last); ids live in the records.
   with open(t.path + ".json.tmp", "w") as f:
-    json.dump(dict(tokenizer_sha256=t.tokenizer_sha, docs=len(items), tokens=n_tok), f)
+    json.dump(dict(tokenizer_sha256=t.tokenizer_sha, docs=t.stop - t.start, tokens=n_tok), f)
   os.replace(t.path + ".json.tmp", t.path + ".json")
   return n_tok
 
@@ -231,7 +232,7 @@ def _beam_write(t: _Task) -> str:
 
 def _run_beam(todo: list[_Task], workers: int, beam_args, bar) -> None:
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
-  options, runner = pipeline_options(beam_args, workers)
+  options, runner = beam_lib.pipeline_options(beam_args, workers)
   # Workers of the local runner are fresh interpreters: they must find maxlm.
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -259,24 +260,6 @@ def _run_beam(todo: list[_Task], workers: int, beam_args, bar) -> None:
   missing = [t.path for t in todo if not _done(t)]
   if missing:
     raise RuntimeError(f"prepare: {len(missing)} shards were not written, e.g. {missing[0]}")
-
-
-def pipeline_options(beam_args, num_workers: int = 0):
-  """Options and runner, as maxlm.curate.pipeline.pipeline_options: without
-  --runner, the FnApiRunner in multi_processing mode, one process per core."""
-  from apache_beam.options.pipeline_options import (  # pylint: disable=g-import-not-at-top
-      DirectOptions, PipelineOptions, StandardOptions)
-  options = PipelineOptions(list(beam_args))
-  runner = options.view_as(StandardOptions).runner
-  if runner in (None, "DirectRunner", "FnApiRunner"):
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner  # pylint: disable=g-import-not-at-top
-    direct = options.view_as(DirectOptions)
-    if "--direct_running_mode" not in " ".join(beam_args):
-      direct.direct_running_mode = "multi_processing"
-    if not direct.direct_num_workers:
-      direct.direct_num_workers = num_workers or os.cpu_count() or 1
-    return options, FnApiRunner()
-  return options, None
 
 
 def _read_json(path: str):
