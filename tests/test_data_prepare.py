@@ -100,6 +100,8 @@ def test_beam_options_default_to_local_processes():
   direct = options.view_as(DirectOptions)
   assert (direct.direct_running_mode, direct.direct_num_workers) == ("in_memory", 5)
   assert options.view_as(WorkerOptions).default_sdk_harness_log_level == "DEBUG"
+  options, _ = beam_lib.pipeline_options(["--direct_running_mode=in_memory"], 3)
+  assert options.view_as(DirectOptions).direct_num_workers == 1  # in_memory: one process
   # A cluster runner gets the options untouched and picks its own runner.
   options, runner = beam_lib.pipeline_options(["--runner=FlinkRunner"], 3)
   assert runner is None and options.view_as(DirectOptions).direct_num_workers == 1  # Beam's default

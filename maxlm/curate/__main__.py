@@ -23,6 +23,8 @@ def _curate(argv):
   inputs = flags.DEFINE_string("input", None, "comma-separated globs of input files")
   output = flags.DEFINE_string("output", None, "output directory (empty, or holding this same run)")
   overwrite = flags.DEFINE_bool("overwrite", False, "replace another curation run's outputs in --output")
+  progress = flags.DEFINE_bool("progress", True, "progress lines on stderr: records read / total, "
+                               "rate, ETA (local runner)")
   beam_args = flags.FLAGS(argv, known_only=True)[1:]
   if not inputs.value or not output.value or config.value is None:
     sys.exit("usage: python -m maxlm.curate --config=configs/curate.py:<variant> --input=GLOB --output=DIR")
@@ -32,7 +34,7 @@ def _curate(argv):
   quiet_library_logs(absl_verbosity())
   try:
     summary = pipeline.run(config.value, inputs.value.split(","), output.value, beam_args,
-                           overwrite=overwrite.value)
+                           overwrite=overwrite.value, progress=progress.value)
   except FileExistsError as e:
     sys.exit(str(e))
   for s in summary["stages"]:

@@ -20,10 +20,12 @@ stream them; free-form metadata without a schema; zstd decompresses at >1 GB/s.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import tempfile
 
 import apache_beam as beam
 import zstandard
@@ -112,10 +114,32 @@ def _to_json(rec) -> str:
   return json.dumps(rec, ensure_ascii=False)
 
 
-def build_pipeline(p: beam.Pipeline, config, inputs, output: str) -> None:
-  """Adds every enabled stage of `config` to `p`, reading `inputs` and writing under `output`."""
+class _CountWritten(beam.DoFn):
+  """Passes documents on to the writer, counting them for maxlm.curate.progress."""
+
+  def __init__(self, progress_dir: str):
+    self._progress_dir = progress_dir
+
+  def setup(self):
+    from maxlm.curate import progress  # pylint: disable=g-import-not-at-top
+    self._counter = progress.Counter(self._progress_dir)
+
+  def process(self, doc):
+    self._counter.written()
+    yield doc
+
+  def teardown(self):
+    self._counter.flush()
+
+
+def build_pipeline(p: beam.Pipeline, config, inputs, output: str, progress_dir: str | None = None):
+  """Adds every enabled stage of `config` to `p`, reading `inputs` and writing under `output`.
+
+  progress_dir: a local directory where the workers count records read and
+  documents written (maxlm.curate.progress); None counts nothing.
+  """
   # --- read ---
-  read = p | ReadDocuments(inputs, **config.read)
+  read = p | ReadDocuments(inputs, progress_dir=progress_dir, **config.read)
   docs = read["docs"]
   rejects, notes = [read["rejects"]], []
   counts = [_count(docs, "read", lambda r: ("read", "kept", ""))]
@@ -153,6 +177,8 @@ def build_pipeline(p: beam.Pipeline, config, inputs, output: str) -> None:
          | "write_notes" >> beam.io.WriteToText(os.path.join(output, "notes", "part"), ".jsonl"))
   partition_by, default = config.write.partition_by, config.write.default_partition
   compress = config.write.get("compression", "zstd") == "zstd"
+  if progress_dir:
+    docs = docs | "count_written" >> beam.ParDo(_CountWritten(progress_dir))
   _ = docs | "write_docs" >> fileio.WriteToFiles(
       path=os.path.join(output, "docs"),
       destination=lambda d: str(d["meta"].get(partition_by) or default),
@@ -175,11 +201,13 @@ def build_pipeline(p: beam.Pipeline, config, inputs, output: str) -> None:
   return stage_names
 
 
-def run(config, inputs, output: str, beam_args=(), overwrite: bool = False) -> dict:
+def run(config, inputs, output: str, beam_args=(), overwrite: bool = False,
+        progress: bool = False) -> dict:
   """Runs the pipeline to completion; returns the summary (also written under `output`).
 
   `output` must be empty, or hold this same run (see outdir.claim); `overwrite`
-  replaces another run's outputs.
+  replaces another run's outputs. `progress`: lines with records read / total,
+  rate and ETA on stderr while it runs (local runner only: maxlm.curate.progress).
   """
   from maxlm.curate import read  # pylint: disable=g-import-not-at-top
   fp = outdir.fingerprint(config.to_dict(), read.match_inputs(inputs))
@@ -188,8 +216,18 @@ def run(config, inputs, output: str, beam_args=(), overwrite: bool = False) -> d
     report.check_error_budget(done, config.read.max_error_fraction)
     return done
   options, runner = beam_lib.pipeline_options(beam_args, config.num_workers)
-  with beam.Pipeline(runner=runner, options=options) as p:
-    stage_names = build_pipeline(p, config, inputs, output)
+  with contextlib.ExitStack() as stack:
+    progress_dir = watcher = None
+    if progress and runner is not None:  # the local runner: its workers share this disk
+      from maxlm.curate import progress as progress_lib  # pylint: disable=g-import-not-at-top
+      progress_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="maxlm-curate-"))
+      watcher = progress_lib.Watcher(progress_dir, [f for f, _ in read.match_inputs(inputs)])
+      stack.callback(watcher.halt)  # a failed pipeline stops the thread without a last line
+      watcher.start()
+    with beam.Pipeline(runner=runner, options=options) as p:
+      stage_names = build_pipeline(p, config, inputs, output, progress_dir=progress_dir)
+    if watcher is not None:
+      watcher.stop()
   summary = report.write_report(output, stage_names, config.to_dict(),
                                 with_charts=config.write.get("charts", True))
   logging.info("curate: %s", json.dumps(summary["stages"]))

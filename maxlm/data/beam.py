@@ -40,8 +40,10 @@ def pipeline_options(beam_args, num_workers: int = 0):
   direct = options.view_as(DirectOptions)
   if not any(a.startswith("--direct_running_mode") for a in beam_args):
     direct.direct_running_mode = "multi_processing"
-  # DirectOptions defaults direct_num_workers to 1, so "not given" is read off the flags.
-  if not any(a.startswith("--direct_num_workers") for a in beam_args):
+  # DirectOptions defaults direct_num_workers to 1, so "not given" is read off the
+  # flags; in_memory mode is one process by its meaning (Beam runs it with one).
+  if (not any(a.startswith("--direct_num_workers") for a in beam_args)
+      and direct.direct_running_mode != "in_memory"):
     direct.direct_num_workers = num_workers or os.cpu_count() or 1
   if not any(a.startswith("--default_sdk_harness_log_level") for a in beam_args):
     level = logging.getLogger("apache_beam").getEffectiveLevel()
