@@ -1,8 +1,9 @@
-"""Reading tokenize-once shards: the manifest, one source's split, a record.
+"""Tokenize-once shards: the record format, the shard writer, the manifest and
+one source's split for reading.
 
-`python -m maxlm.data.prepare` writes them; the training pipeline reads them.
-Both import this module (and only this one) for the format, so the writer
-and the reader can never disagree about it.
+`python -m maxlm.data.prepare` writes them (through ShardWriter); the training
+pipeline reads them. Both import this module (and only this one) for the
+format, so the writer and the reader can never disagree about it.
 
 Layout of a prepared directory:
   manifest.json        tokenizer sha256, dtype, vocab size; per source: domain,
@@ -42,6 +43,54 @@ ERRORS = "errors.json"
 
 def encode_record(doc_id: int, tokens, dtype: str) -> bytes:
   return HEADER.pack(int(doc_id)) + np.asarray(tokens, dtype).tobytes()
+
+
+class ShardWriter:
+  """Writes one shard: records to a temporary file, renamed when closed, then
+  its summary <path>.json (the "done" marker a resumed prepare looks for).
+
+  Documents go through in batches (`add`): a shard of 16M tokens never sits
+  in memory as Python lists (36 bytes a token), only one batch does.
+  """
+
+  def __init__(self, path: str, tokenizer_path: str, tokenizer_sha: str, dtype: str):
+    from array_record.python import array_record_module as arm  # pylint: disable=g-import-not-at-top
+    self.path, self._sha, self._dtype = path, tokenizer_sha, dtype
+    self._sp = tokenizer_lib.load(tokenizer_path)
+    self._tmp = f"{path}.array_record.tmp{os.getpid()}"
+    # group_size:1 = every record separately addressable (fast random access).
+    self._w = arm.ArrayRecordWriter(self._tmp, "group_size:1")
+    self.docs = self.tokens = 0
+
+  def add(self, items) -> None:
+    """items: [(text, doc_id)], tokenized in one batch call."""
+    for (_, doc_id), toks in zip(items, self._sp.encode([text for text, _ in items])):
+      self._w.write(encode_record(doc_id, toks, self._dtype))
+      self.docs += 1
+      self.tokens += len(toks)
+
+  def abandon(self) -> None:
+    """Closes and removes the temporary file: nothing of this shard is kept."""
+    self._w.close()
+    os.remove(self._tmp)
+
+  def close(self) -> int:
+    """Renames the records into place, then writes the summary; returns tokens."""
+    self._w.close()
+    os.replace(self._tmp, self.path + ".array_record")
+    with open(self.path + ".json.tmp", "w") as f:
+      json.dump(dict(tokenizer_sha256=self._sha, docs=self.docs, tokens=self.tokens), f)
+    os.replace(self.path + ".json.tmp", self.path + ".json")
+    return self.tokens
+
+
+def shard_done(path: str, tokenizer_sha: str) -> bool:
+  """True when the shard at `path` (no extension) was finished with this tokenizer."""
+  try:
+    with open(path + ".json") as f:
+      return json.load(f)["tokenizer_sha256"] == tokenizer_sha
+  except (OSError, ValueError, KeyError):
+    return False
 
 
 def decode_record(record: bytes, dtype: str) -> tuple[int, np.ndarray]:
