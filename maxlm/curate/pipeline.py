@@ -39,6 +39,7 @@ from maxlm.curate.read import ReadDocuments
 from maxlm.curate.stages import (C4Lines, FineWebQuality, GopherQuality, GopherRepetition, LanguageId,
                                  Normalize)
 from maxlm.data import beam as beam_lib
+from maxlm.data import config as data_config
 
 
 def _model_score(**kwargs):
@@ -132,11 +133,14 @@ class _CountWritten(beam.DoFn):
     self._counter.flush()
 
 
-def build_pipeline(p: beam.Pipeline, config, inputs, output: str, progress_dir: str | None = None):
+def build_pipeline(p: beam.Pipeline, config, inputs, output: str, progress_dir: str | None = None,
+                   shards: dict | None = None):
   """Adds every enabled stage of `config` to `p`, reading `inputs` and writing under `output`.
 
   progress_dir: a local directory where the workers count records read and
   documents written (maxlm.curate.progress); None counts nothing.
+  shards: also write the kept documents as tokenize-once shards, in this
+  pipeline: {"out", "tokenizer", "heldout_fraction", "shard_tokens"} (maxlm.curate.to_shards).
   """
   # --- read ---
   read = p | ReadDocuments(inputs, progress_dir=progress_dir, **config.read)
@@ -185,6 +189,12 @@ def build_pipeline(p: beam.Pipeline, config, inputs, output: str, progress_dir: 
       sink=lambda dest: _JsonlSink(compress),
       file_naming=fileio.destination_prefix_naming(".jsonl.zst" if compress else ".jsonl"),
       shards=config.write.num_shards)
+  if shards:
+    from maxlm.curate import to_shards  # pylint: disable=g-import-not-at-top
+    to_shards.write_shards(docs, out_dir=shards["out"], tokenizer_path=shards["tokenizer"],
+                           partition_by=partition_by, default=default,
+                           heldout_fraction=shards["heldout_fraction"],
+                           shard_tokens=shards["shard_tokens"])
   drop_text = not config.write.rejects_keep_text
   _ = (all_rejects
        | "rejects_json" >> beam.Map(lambda r: _to_json({k: v for k, v in r.items() if not (drop_text and k == "text")}))
@@ -202,12 +212,14 @@ def build_pipeline(p: beam.Pipeline, config, inputs, output: str, progress_dir: 
 
 
 def run(config, inputs, output: str, beam_args=(), overwrite: bool = False,
-        progress: bool = False) -> dict:
+        progress: bool = False, shards: dict | None = None) -> dict:
   """Runs the pipeline to completion; returns the summary (also written under `output`).
 
   `output` must be empty, or hold this same run (see outdir.claim); `overwrite`
   replaces another run's outputs. `progress`: lines with records read / total,
   rate and ETA on stderr while it runs (local runner only: maxlm.curate.progress).
+  `shards`: also end in the shard writer (see build_pipeline); its "out" must
+  be empty or absent; the summary gets "shards": the manifest's path.
   """
   from maxlm.curate import read  # pylint: disable=g-import-not-at-top
   fp = outdir.fingerprint(config.to_dict(), read.match_inputs(inputs))
@@ -215,6 +227,13 @@ def run(config, inputs, output: str, beam_args=(), overwrite: bool = False,
   if done is not None:
     report.check_error_budget(done, config.read.max_error_fraction)
     return done
+  if shards:
+    shards = dict(shards)
+    shards.setdefault("heldout_fraction", data_config.default_data_config().heldout_fraction)
+    shards.setdefault("shard_tokens", 16_000_000)
+    if os.path.isdir(shards["out"]) and os.listdir(shards["out"]):
+      raise FileExistsError(f"--shards_out={shards['out']} is not empty: shards of another run "
+                            "would mix with these; give a new directory")
   options, runner = beam_lib.pipeline_options(beam_args, config.num_workers)
   with contextlib.ExitStack() as stack:
     progress_dir = watcher = None
@@ -225,9 +244,13 @@ def run(config, inputs, output: str, beam_args=(), overwrite: bool = False,
       stack.callback(watcher.halt)  # a failed pipeline stops the thread without a last line
       watcher.start()
     with beam.Pipeline(runner=runner, options=options) as p:
-      stage_names = build_pipeline(p, config, inputs, output, progress_dir=progress_dir)
+      stage_names = build_pipeline(p, config, inputs, output, progress_dir=progress_dir,
+                                   shards=shards)
     if watcher is not None:
       watcher.stop()
+  if shards:
+    from maxlm.curate import to_shards  # pylint: disable=g-import-not-at-top
+    to_shards.write_manifest(shards["out"], shards["tokenizer"])
   summary = report.write_report(output, stage_names, config.to_dict(),
                                 with_charts=config.write.get("charts", True))
   logging.info("curate: %s", json.dumps(summary["stages"]))

@@ -26,7 +26,7 @@ What happens:
   3. In this process (--workers=1, no Beam flags) each source is streamed once
      in file order, each document into its split's open shard, tokenized in
      batches of 512: memory is one batch and one shard writer, whatever the
-     corpus (1.6M documents: 1.0x the 100k figure, BENCHMARKS.md). A source
+     corpus (peak RSS at 1.6M documents: 1.07x the 100k figure, BENCHMARKS.md). A source
      with an order_by (a curriculum needs every document) is planned whole.
      On Beam, every source is planned (the lazy index of maxlm.data.doc_index:
      ~60 bytes a document, not its text) and a worker re-plans only the source
@@ -92,9 +92,9 @@ def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
   """
   sha = tokenizer_lib.tokenizer_hash(tokenizer_path)
   vocab = tokenizer_lib.load(tokenizer_path).vocab_size
-  dtype = "<u2" if vocab <= 1 << 16 else "<u4"
+  dtype = shards_lib.token_dtype(vocab)
   old = os.path.join(out_dir, shards_lib.MANIFEST)
-  if os.path.exists(old) and _read_json(old)["tokenizer_sha256"] != sha:
+  if os.path.exists(old) and shards_lib.read_json(old)["tokenizer_sha256"] != sha:
     raise ValueError(f"{out_dir} holds shards of another tokenizer; use a new --out")
   os.makedirs(out_dir, exist_ok=True)
   config_lib.validate(data_config)
@@ -112,14 +112,11 @@ def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
     bar.total = sum(len(lay[k]) for lay in layout.values() for k in ("train", "heldout"))
     bar.refresh()
     bar.close()
-  _write_errors(out_dir, errors)
-  manifest = _manifest(out_dir, layout, tokenizer_path, sha, vocab, dtype)
+  shards_lib.write_errors(out_dir, errors)
+  manifest = shards_lib.build_manifest(out_dir, layout, tokenizer_path, sha, vocab, dtype)
   manifest["last_run"] = dict(shards_written=len(written), tokens=sum(written),
                               seconds=round(time.time() - t0, 2))
-  tmp = old + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(manifest, f, indent=2)
-  os.replace(tmp, old)
+  shards_lib.write_json(old, manifest)
   return manifest
 
 
@@ -331,7 +328,7 @@ def _prepare_on_beam(data_config, run: _Run, workers, beam_args):
     run.bar.update(len(tasks) - len(todo))
   if todo:
     _run_beam(todo, workers, beam_args, run.bar)
-  return layout, errors, [_read_json(t.path + ".json")["tokens"] for t in todo]
+  return layout, errors, [shards_lib.read_json(t.path + ".json")["tokens"] for t in todo]
 
 
 def _plan_fields(data_config) -> dict:
@@ -345,7 +342,7 @@ def _saved_cut(run: _Run, names) -> dict:
   with other defaults still completes the same cut); {} if none or stale."""
   path = os.path.join(run.out_dir, PLAN)
   if os.path.exists(path):
-    saved = _read_json(path)
+    saved = shards_lib.read_json(path)
     if saved["tokenizer_sha256"] == run.sha and set(saved["docs_per_shard"]) == set(names):
       return dict(saved["docs_per_shard"])
   return {}
@@ -438,38 +435,6 @@ def _run_beam(todo: list[_Task], workers: int, beam_args, bar) -> None:
   missing = [t.path for t in todo if not _done(t)]
   if missing:
     raise RuntimeError(f"prepare: {len(missing)} shards were not written, e.g. {missing[0]}")
-
-
-def _read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
-
-
-def _manifest(out_dir, layout, tokenizer_path, sha, vocab, dtype) -> dict:
-  sources, domains = {}, {}
-  for name, lay in layout.items():
-    entry = dict(domain=lay["domain"], doc_id_range=lay["doc_id_range"])
-    for split in ("train", "heldout"):
-      metas = [_read_json(os.path.join(out_dir, rel + ".json")) for rel in lay[split]]
-      entry[split] = dict(shards=[rel + ".array_record" for rel in lay[split]],
-                          shard_docs=[m["docs"] for m in metas],
-                          shard_tokens=[m["tokens"] for m in metas],
-                          docs=sum(m["docs"] for m in metas),
-                          tokens=sum(m["tokens"] for m in metas))
-    sources[name] = entry
-    domains[lay["domain"]] = domains.get(lay["domain"], 0) + entry["train"]["tokens"]
-  return dict(tokenizer_sha256=sha, tokenizer_path=os.path.abspath(tokenizer_path),
-              vocab_size=vocab, dtype=dtype, sources=sources, train_tokens_per_domain=domains)
-
-
-def _write_errors(out_dir: str, errors: dict) -> None:
-  """Bad input met while reading the sources ({name: ErrorLog}), kept for the
-  training run's report (training from shards never reads the raw files)."""
-  out = {name: dict(total=log.total, report=log.report()) for name, log in errors.items()}
-  tmp = os.path.join(out_dir, shards_lib.ERRORS + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(out, f, indent=2)
-  os.replace(tmp, os.path.join(out_dir, shards_lib.ERRORS))
 
 
 # Kept importable from here (older callers): the reader lives in shards.py.
