@@ -56,6 +56,16 @@ class ShardWriter:
 
   Documents go through in batches (`add`): a shard of 16M tokens never sits
   in memory as Python lists (36 bytes a token), only one batch does.
+
+  Why not array_record's own Beam sink (array_record.beam.WriteToArrayRecord,
+  0.8.x): it is a FileBasedSink that spreads one PCollection over N files in
+  no set order and finalises them all at the end, so (a) a shard cannot be a
+  fixed run of documents with known ids (the manifest's per-shard document
+  and token counts, prepare's cut identical to training from raw text),
+  (b) a killed run keeps nothing (here each shard is renamed into place and
+  marked done alone, and a rerun writes only the missing ones), and (c) its
+  docstring says it does not work with non-disk writes. Both pipelines call
+  this writer from their own DoFn (prepare's shard tasks, curate's grouped shards).
   """
 
   def __init__(self, path: str, tokenizer_path: str, tokenizer_sha: str, dtype: str):
