@@ -93,6 +93,15 @@ def test_shard_document_counts_are_the_records_written(prepared, tmp_path, monke
     assert entry["shard_docs"] == records and entry["docs"] == len(plan.train), plan.name
 
 
+def test_in_process_progress_ends_at_the_manifest_shard_count(prepared, tmp_path, capsys):
+  # Streaming learns the number of shards as it goes; the bar's last state is the manifest's count.
+  tok = prepared[0]
+  m = prepare_lib.prepare(small_config(), tok, str(tmp_path / "s"), docs_per_shard=8, progress=True)
+  n = sum(len(s[k]["shards"]) for s in m["sources"].values() for k in ("train", "heldout"))
+  bars = re.findall(r"prepare:.*?(\d+)/(\d+) \[", capsys.readouterr().err)
+  assert n > 2 and bars and bars[-1] == (str(n), str(n)), bars[-3:]
+
+
 def test_beam_options_default_to_local_processes():
   from maxlm.data import beam as beam_lib
   from apache_beam.options.pipeline_options import DirectOptions, WorkerOptions
