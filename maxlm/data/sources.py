@@ -395,6 +395,15 @@ def _python_docs(src: dict, errors: ErrorLog) -> Iterator[RawDoc]:
     yield RawDoc(name, None, topics.topics[name], {"path": f"pydoc_data/{name}"})
 
 
+@source_kind("seqio")
+def _seqio(src: dict, errors: ErrorLog) -> Iterator[RawDoc]:
+  """A registered seqio Task or Mixture's source text (maxlm.data.seqio_source; the
+  optional seqio extra, imported only here)."""
+  from maxlm.data import seqio_source  # pylint: disable=g-import-not-at-top
+  for rel, n, text in seqio_source.read(src, errors):
+    yield RawDoc(rel, n, text, {})
+
+
 def _file_kind(fmt: str, keyed_by_line: bool):
   """A source kind reading files of one readers format."""
   def read(src: dict, errors: ErrorLog) -> Iterator[RawDoc]:
