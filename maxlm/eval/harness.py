@@ -9,6 +9,7 @@ from maxlm.eval import lm_eval_model  # noqa: F401  (registers "maxlm")
 
 def main() -> None:
   from lm_eval.__main__ import cli_evaluate  # pylint: disable=g-import-not-at-top
+  lm_eval_model.PROGRESS_DEFAULT = True  # a person is watching; model_args progress=False quiets
   cli_evaluate()
 
 
