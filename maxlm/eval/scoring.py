@@ -172,6 +172,9 @@ class _Placement:
     spanning = [x for x in leaves if not x.is_fully_addressable]
     if not spanning:  # params every process holds whole: each could score alone
       return None
+    if not isinstance(spanning[0].sharding, NamedSharding):
+      raise ValueError(f"params span processes with a {type(spanning[0].sharding).__name__};"
+                       " multi-host scoring places its batches on the params' NamedSharding mesh")
     mesh = spanning[0].sharding.mesh
     # The axes that split the batch in training (maxlm/sharding/mesh.py: data, fsdp); tensor
     # and context replicate the rows (their devices cooperate on the same rows).
