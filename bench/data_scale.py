@@ -166,7 +166,9 @@ def _last_json(stdout: str) -> dict:
   return json.loads([l for l in stdout.splitlines() if l.startswith("{")][-1])
 
 
-def measure(n_docs: int, root: str, tok: str, steps: int, workers: int) -> dict:
+def measure(n_docs: int, root: str, tok: str, steps: int, workers: int,
+            shard_tokens: int = 0) -> dict:
+  """One corpus size; shard_tokens: prepare's target per shard (0 = its default)."""
   d = os.path.join(root, f"n{n_docs}")
   shutil.rmtree(d, ignore_errors=True)
   os.makedirs(os.path.join(d, "raw"))
@@ -177,7 +179,8 @@ def measure(n_docs: int, root: str, tok: str, steps: int, workers: int) -> dict:
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, d]), JAX_PLATFORMS="cpu")
   res, prep_s, prep_rss = run_measured(
       [sys.executable, "-m", "maxlm.data.prepare", "--config=" + os.path.join(d, "data_cfg.py"),
-       f"--tokenizer={tok}", f"--out={shards}", f"--workers={workers}", "--noprogress"], env)
+       f"--tokenizer={tok}", f"--out={shards}", f"--workers={workers}", "--noprogress"]
+      + ([f"--shard_tokens={shard_tokens}"] if shard_tokens else []), env)
   with open(os.path.join(shards, "manifest.json")) as f:
     manifest = json.load(f)
   tokens = sum(s[k]["tokens"] for s in manifest["sources"].values() for k in ("train", "heldout"))

@@ -11,14 +11,31 @@ Llama 3 annealed on a high-quality mix over its last 40M tokens with the LR
 going linearly to 0 (Dubey et al. 2024, section 3.1.3); MiniCPM's WSD decay
 (Hu et al. 2024) is the same idea. `arg`: a pretrain size (tiny | 10m | ...),
 `runlocal`, `parent=<workdir>`, `shape=linear|1-sqrt|cosine` (decay shape),
-`steps=<n>`. The parent's optimizer moments are carried (carry='full'), its
+`steps=<n>`, `instruct=<glob>` (instruction / QA records mixed into the anneal
+mix, loss on responses only: see below), `instruct_weight=<token share>` (default
+0.1). The parent's optimizer moments are carried (carry='full'), its
 rate is read from its config (init.lr_from_parent='final'). A Hugging Face
 parent (Llama / Mistral / Qwen2 directory) gives the model shape and tokenizer;
 it has no optimizer state, so only its params are carried and the decay starts
 from optim.peak_lr.
+
+Instruction data in the anneal mix (mid-training mixes carry instruction and QA data, e.g.
+OLMo 2's Dolmino mix: FLAN, math QA), e.g. from an HF parent with a chat template:
+
+  python -m maxlm.train.stages \
+      --config=configs/anneal.py:tiny,parent=HF_DIR,instruct=/data/sft/*.jsonl,instruct_weight=0.1 \
+      --workdir=/tmp/maxlm_anneal
+
+Each JSONL line is {"messages": [{"role": ..., "content": ...}, ...]} (rendered with the
+parent tokenizer's chat template; a maxlm parent's own tokenizer has none) or
+{"prompt": ..., "response": ...} (no template needed);
+the loss falls on the assistant / response tokens only (maxlm/data/instruct.py). The source
+`instruct` (domain 'instruct') is off at the start, like the high-quality source, and ramps
+to its share with the rest of the anneal mix.
 """
 
 from maxlm import config_files
+from maxlm.data import config as data_config
 from maxlm.checkpoint.rundir import is_hf_dir, parent_tokenizer_path
 
 
@@ -59,6 +76,13 @@ def get_config(arg: str = "tiny"):
     c.data.sources.pydocs.domain = "docs"
     c.data.sources.pydocs.weight = 0.0  # absent at the start, like in the parent
     c.data.sources.pydocs.max_doc_chars = 8_000
+  weights = dict(pydocs=0.6, shakespeare=0.2, stdlib=0.2)
+  if opts.get("instruct"):
+    share = float(opts.get("instruct_weight", 0.1))
+    c.data.sources.instruct = data_config.source(kind="instruct", domain="instruct", weight=0.0,
+                                                 paths=(opts["instruct"],))
+    weights = {k: round(v * (1 - share), 6) for k, v in weights.items()}
+    weights["instruct"] = share
   c.data.schedule = (dict(start=max(1, c.train.steps // 4), transition="linear",
-                          weights=dict(pydocs=0.6, shakespeare=0.2, stdlib=0.2)),)
+                          weights=weights),)
   return c

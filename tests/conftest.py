@@ -49,6 +49,18 @@ def tiny_test_config(**overrides):
   return c
 
 
+def random_batch(seed: int, B: int, T: int, vocab: int, num_domains: int = 1) -> dict:
+  """A training batch of random ids, one document per row, ~20% of targets masked out."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  return dict(inputs=rng.integers(0, vocab, (B, T)).astype(np.int32),
+              targets=rng.integers(0, vocab, (B, T)).astype(np.int32),
+              segment_ids=np.ones((B, T), np.int32),
+              positions=np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)).copy(),
+              loss_mask=(rng.random((B, T)) > 0.2).astype(np.float32),
+              domain_ids=rng.integers(0, num_domains, (B, T)).astype(np.int32))
+
+
 @pytest.fixture(scope="session")
 def tokenizer_path(tmp_path_factory):
   """One SentencePiece model for the whole session (training it takes seconds)."""

@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -183,6 +184,65 @@ def test_command_line(tmp_path):
   # Beam's per-stage INFO lines are quiet by default; the stage summary is the last output.
   assert not [l for l in proc.stderr.splitlines() if l.startswith("INFO:apache_beam")], proc.stderr
   assert proc.stdout.strip().splitlines()[-1].split(":")[0].strip() == "near_dedup", proc.stdout
+  # Progress: the last line counts every input record against the total and
+  # the documents the summary says were kept (4 lines read, 3 after dedup).
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("curate: read")]
+  assert lines and lines[-1].endswith("done"), proc.stderr[-2000:]
+  m = re.match(r"curate: read (\d+)/(\d+) records \(100%\), [\d,.]+ rec/s, (\d+) written", lines[-1])
+  assert m, lines[-1]
+  assert (int(m[1]), int(m[2])) == (4, 4) == (summary["stages"][0]["docs_in"],) * 2
+  assert int(m[3]) == summary["stages"][-1]["docs_out"] == 3
+
+
+def test_progress_counts_across_workers(tmp_path):
+  from maxlm.curate import progress
+  d = tmp_path / "in"
+  d.mkdir()
+  _write_jsonl(d / "a.jsonl", [{"text": "x"}, "", "{bad", {"text": "y"}])  # 3 records (one bad)
+  _write_jsonl(d / "b.jsonl.gz", [{"text": "z"}] * 5, opener=gzip.open)
+  pq.write_table(pa.table({"text": ["p", "q"]}), d / "c.parquet")
+  (d / "d.txt").write_text("one document")
+  paths = [str(d / n) for n in ("a.jsonl", "b.jsonl.gz", "c.parquet", "d.txt")]
+  assert [progress.count_records(p) for p in paths] == [3, None, 2, 1]
+  counts = tmp_path / "counts"
+  counts.mkdir()
+  w1, w2 = progress.Counter(str(counts)), progress.Counter(str(counts))
+  w1.record(2)  # a.jsonl: 2 records yielded (a doc and the bad line's error) ...
+  w1.file_done(0)  # ... then done: counts as its 3 records
+  w2.record(5)
+  w2.file_done(1)  # unknown total: its own count
+  w2.record(1)  # c.parquet half read
+  w2.written(4)
+  w2.flush()
+  known = [3, None, 2, 1]
+  assert progress.totals(str(counts), known) == (3 + 5 + 1, 4)
+  w3 = progress.Counter(str(counts))  # a retried bundle reads a.jsonl again: counted once
+  w3.record(3)
+  w3.file_done(0)
+  assert progress.totals(str(counts), known) == (3 + 5 + 1, 4)
+  # Known total: count / total, percent and ETA; unknown: the rate only.
+  t = [0.0]
+  watch = progress.Watcher(str(counts), paths[:1] + paths[2:], clock=lambda: t[0])
+  watch._count_inputs()
+  t[0] = 2.0
+  assert watch.line(3, 1) == ("curate: read 3/6 records (50%), 2 rec/s, 1 written; "
+                              "2s elapsed, read ETA 2s")
+  watch = progress.Watcher(str(counts), paths, clock=lambda: t[0])
+  watch._count_inputs()
+  assert watch.line(3, 1, done=True).startswith("curate: read 3 records, ")
+
+
+def test_report_per_source_counts_do_not_depend_on_count_order():
+  # Beam's combine emits counts in no fixed order; a kept count arriving after
+  # its source's removed count once reset the removed one to 0 (a flaky test).
+  counts = [(("read", "kept", ""), (4, 400)), (("read", "source_kept", "s"), (4, 400)),
+            (("exact_dedup", "kept", ""), (3, 300)), (("exact_dedup", "source_kept", "s"), (3, 300)),
+            (("exact_dedup", "removed", "exact_duplicate"), (1, 100)),
+            (("exact_dedup", "source_removed", "s"), (1, 100))]
+  want = {"read": {"docs_out": 4, "bytes_out": 400, "removed": 0},
+          "exact_dedup": {"docs_out": 3, "bytes_out": 300, "removed": 1}}
+  for order in (counts, counts[::-1]):
+    assert report.summarize(order, [], ["read", "exact_dedup"], {})["sources"]["s"] == want
 
 
 def test_report_has_charts_and_per_source_counts(tmp_path):

@@ -1,6 +1,7 @@
 """Tokenize-once shards (issue 3): manifest, resume, hash check, equivalence."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -51,17 +52,23 @@ def test_manifest_counts_documents_and_tokens(prepared):
   assert json.load(open(os.path.join(out, "manifest.json")))["sources"] == manifest["sources"]
 
 
-def test_training_from_shards_equals_training_from_raw_text(prepared):
-  tok, out, _ = prepared
-  raw = data.make_train_iterator(small_config(), tokenizer_path=tok, seq_len=64,
-                                 global_batch=4, seed=3)
-  c = small_config()
-  c.prepared_dir = out
-  shards = data.make_train_iterator(c, tokenizer_path=tok, seq_len=64, global_batch=4, seed=3)
-  for _ in range(5):
+def _assert_same_batches(c, prepared_dir, tok, seed, n):
+  """Training batches from raw text (config c) equal those from prepared_dir."""
+  raw = data.make_train_iterator(c, tokenizer_path=tok, seq_len=64, global_batch=4, seed=seed)
+  c = c.copy_and_resolve_references()
+  c.prepared_dir = prepared_dir
+  shards = data.make_train_iterator(c, tokenizer_path=tok, seq_len=64, global_batch=4, seed=seed)
+  for _ in range(n):
     a, b = next(raw), next(shards)
     for k in a:
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_training_from_shards_equals_training_from_raw_text(prepared):
+  tok, out, _ = prepared
+  _assert_same_batches(small_config(), out, tok, 3, 5)
+  c = small_config()
+  c.prepared_dir = out
   ev_raw = data.make_eval_batches(small_config(), tokenizer_path=tok, seq_len=64, global_batch=4)
   ev_sh = data.make_eval_batches(c, tokenizer_path=tok, seq_len=64, global_batch=4)
   assert set(ev_raw) == set(ev_sh)
@@ -69,6 +76,93 @@ def test_training_from_shards_equals_training_from_raw_text(prepared):
     for a, b in zip(ev_raw[dom], ev_sh[dom]):
       for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_shard_document_counts_are_the_records_written(prepared, tmp_path, monkeypatch):
+  # Several encode batches per shard: the count must cover the whole shard,
+  # not its last batch (a count short of the records hides documents from training).
+  tok, _, _ = prepared
+  monkeypatch.setattr(prepare_lib, "_ENCODE_BATCH", 3)
+  out = str(tmp_path / "s")
+  m = prepare_lib.prepare(small_config(), tok, out, docs_per_shard=8, progress=False)
+  from array_record.python import array_record_data_source
+  for plan in pipeline.plan_sources(small_config()):
+    entry = m["sources"][plan.name]["train"]
+    records = [array_record_data_source.ArrayRecordDataSource([os.path.join(out, s)]).__len__()
+               for s in entry["shards"]]
+    assert entry["shard_docs"] == records and entry["docs"] == len(plan.train), plan.name
+
+
+def test_in_process_progress_ends_at_the_manifest_shard_count(prepared, tmp_path, capsys):
+  # Streaming learns the number of shards as it goes; the bar's last state is the manifest's count.
+  tok = prepared[0]
+  m = prepare_lib.prepare(small_config(), tok, str(tmp_path / "s"), docs_per_shard=8, progress=True)
+  n = sum(len(s[k]["shards"]) for s in m["sources"].values() for k in ("train", "heldout"))
+  bars = re.findall(r"prepare:.*?(\d+)/(\d+) \[", capsys.readouterr().err)
+  assert n > 2 and bars and bars[-1] == (str(n), str(n)), bars[-3:]
+
+
+def test_beam_options_default_to_local_processes():
+  from maxlm.data import beam as beam_lib
+  from apache_beam.options.pipeline_options import DirectOptions, WorkerOptions
+  options, runner = beam_lib.pipeline_options([], 3)
+  direct = options.view_as(DirectOptions)
+  assert type(runner).__name__ == "FnApiRunner"  # never Prism (downloads a binary, fails offline)
+  assert (direct.direct_running_mode, direct.direct_num_workers) == ("multi_processing", 3)
+  # The user's flags win over the defaults.
+  options, _ = beam_lib.pipeline_options(["--direct_num_workers=5", "--direct_running_mode=in_memory",
+                                          "--default_sdk_harness_log_level=DEBUG"], 3)
+  direct = options.view_as(DirectOptions)
+  assert (direct.direct_running_mode, direct.direct_num_workers) == ("in_memory", 5)
+  assert options.view_as(WorkerOptions).default_sdk_harness_log_level == "DEBUG"
+  options, _ = beam_lib.pipeline_options(["--direct_running_mode=in_memory"], 3)
+  assert options.view_as(DirectOptions).direct_num_workers == 1  # in_memory: one process
+  # A cluster runner gets the options untouched and picks its own runner.
+  options, runner = beam_lib.pipeline_options(["--runner=FlinkRunner"], 3)
+  assert runner is None and options.view_as(DirectOptions).direct_num_workers == 1  # Beam's default
+
+
+def test_in_process_prepare_streams_without_indexing(prepared, tmp_path, monkeypatch):
+  # Nothing per document is held for a source without an order: no DocIndex
+  # (O(documents)) is built, and the shards equal those of the planned path.
+  tok, ref, _ = prepared
+  from maxlm.data import sources as sources_lib
+
+  def no_index(*args, **kwargs):
+    raise AssertionError("prepare indexed a source it can stream")
+
+  monkeypatch.setattr(sources_lib, "build_index", no_index)
+  sources_lib._cached.cache_clear()
+  out = tmp_path / "s"
+  m = prepare_lib.prepare(small_config(), tok, str(out), docs_per_shard=8, progress=False)
+  want = json.load(open(os.path.join(ref, "manifest.json")))
+  assert m["sources"] == want["sources"]
+  for s in want["sources"].values():
+    for split in ("train", "heldout"):
+      for shard in s[split]["shards"]:
+        assert (out / shard).read_bytes() == open(os.path.join(ref, shard), "rb").read(), shard
+  assert json.load(open(out / "errors.json")) == json.load(open(os.path.join(ref, "errors.json")))
+
+
+@pytest.mark.parametrize("change", ["order_by", "tiny_heldout"])
+def test_planned_sources_in_process_equal_raw_training(prepared, tmp_path, change):
+  # A curriculum order needs every document (the source is planned whole); a
+  # held-out fraction no document falls in holds out the lowest hash (planned
+  # too, after the streaming pass finds none): both equal training from raw text.
+  tok = prepared[0]
+  c = small_config()
+  if change == "order_by":
+    c.sources.stdlib.order_by = "length"
+  else:
+    c.heldout_fraction = 1e-9
+  out = str(tmp_path / "s")
+  m = prepare_lib.prepare(c, tok, out, docs_per_shard=8, progress=False)
+  for plan in pipeline.plan_sources(c):
+    entry = m["sources"][plan.name]
+    assert (entry["train"]["docs"], entry["heldout"]["docs"]) == (len(plan.train), len(plan.heldout))
+  assert not [f for d in ("stdlib", "shakespeare") for f in os.listdir(os.path.join(out, d))
+              if ".tmp" in f]
+  _assert_same_batches(c, out, tok, 1, 4)
 
 
 def test_tokenizer_mismatch_stops_before_training(prepared, tmp_path):
@@ -120,7 +214,11 @@ def test_cli_on_beam_writes_the_same_shards(prepared, tmp_path):
   # The bar and the summary count the same shards.
   n = sum(len(s[k]["shards"]) for s in got["sources"].values() for k in ("train", "heldout"))
   assert f"{n} shards ({n} written now)" in res.stdout
-  assert f"{n}/{n}" in res.stderr
+  # The bar's last state counts what the summary lists (issue 18: 13 vs 10).
+  bars = re.findall(r"prepare:.*?(\d+)/(\d+) \[", res.stderr)
+  assert bars and bars[-1] == (str(n), str(n)), bars[-3:]
+  # Beam's local workers are quiet too (they logged ~12 INFO lines each).
+  assert "INFO:apache_beam" not in res.stderr, res.stderr[-2000:]
   assert "manifest:" in res.stdout
 
 

@@ -14,6 +14,8 @@ import pytest
 import torch  # noqa: E402  (the `reference` extra, requirements-reference.txt)
 import transformers  # noqa: E402
 
+from hf_fixtures import randomize  # noqa: E402
+
 pytestmark = pytest.mark.torch  # not run on the Python 3.12 CI stack (.ci/run)
 from tokenizers import Tokenizer, decoders, models  # noqa: E402
 
@@ -31,20 +33,11 @@ def save_tiny_llama(path, seed=0, max_position_embeddings=128):
   tk.decoder = decoders.Fuse()  # pieces are characters: decode by concatenation
   transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
                                        unk_token="<unk>").save_pretrained(path)
-  torch.manual_seed(seed)
   config = transformers.LlamaConfig(
       hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
       num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=max_position_embeddings,
       bos_token_id=BOS, eos_token_id=EOS, pad_token_id=0)
-  model = transformers.LlamaForCausalLM(config).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      # Larger-than-init weights give O(1) logits, so greedy paths are not one token
-      # repeated and argmax margins dwarf float32 noise; norms off 1 to test their mapping.
-      if name.endswith("norm.weight"):
-        p.copy_(1.0 + 0.2 * torch.randn_like(p))
-      else:
-        p.normal_(0.0, 0.2)
+  model = randomize(transformers.LlamaForCausalLM(config), seed)
   model.save_pretrained(path, safe_serialization=True)
   return model
 

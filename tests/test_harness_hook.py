@@ -35,7 +35,7 @@ metric_list:
 """)
 
 
-def test_harness_hook_accuracy_matches_the_table(tmp_path):
+def test_harness_hook_accuracy_matches_the_table(tmp_path, capsys):
   cfg, params, logp = bigram_model(5)
   tok = CharTokenizer()
   rng = np.random.default_rng()
@@ -49,9 +49,13 @@ def test_harness_hook_accuracy_matches_the_table(tmp_path):
   hc = ml_collections.ConfigDict(dict(tasks=(str(tmp_path / "tasks"),), every=5, limit=4,
                                       num_fewshot=0, batch_size=4))
   ev = harness_hook.HarnessEvaluator(hc, model_config=cfg, tokenizer=tok, max_length=16,
-                                     workdir=str(tmp_path))
+                                     workdir=str(tmp_path), progress=True)
   assert ev.tasks == ["ctxmix_tiny_mc"]
   metrics = ev(5, dict(params=params))
+  # Progress on stderr: the last line counts every request (limit=4 documents x 3 choices).
+  last = [l for l in capsys.readouterr().err.splitlines() if l.startswith("harness loglikelihood")][-1]
+  assert last.startswith("harness loglikelihood [12/12] requests;") and last.endswith("done")
+  assert ev.last_stats["rows"] == 12
   # Independent: the choice with the highest log P(choice | BOS q) is the prediction.
   correct = []
   for r in rows[:4]:  # limit=4

@@ -69,3 +69,73 @@ def test_this_venv_matches_its_lock():
   r = subprocess.run([sys.executable, os.path.join(ROOT, ".ci", "lock.py"), "check",
                       os.path.join(ROOT, lock)], capture_output=True, text=True)
   assert r.returncode == 0, r.stderr
+
+
+# Where an extra's packages may be imported at module level (elsewhere only inside functions,
+# so that the core installs and imports without the extra).
+_EXTRA_SCOPES = {"requirements-curate.txt": ("maxlm/curate/", "maxlm/data/beam.py"),
+                 "requirements-eval.txt": ("maxlm/eval/",),
+                 "requirements-seqio.txt": ("maxlm/data/seqio_source.py",),
+                 "requirements-data.txt": ()}  # the built-in corpora, read lazily
+# Imported by the seqio source only, which needs an environment of its own
+# (requirements-seqio.txt says why): not installed on either CI stack.
+_NOT_INSTALLED = {"seqio": "seqio", "tensorflow": "tensorflow", "tensorflow_datasets":
+                  "tensorflow-datasets"}
+
+
+def _third_party_imports():
+  """{(file, top-level module, at module level?)} for every import in the shipped packages."""
+  import ast
+  out = set()
+  for root in ("maxlm", "kernels", "configs"):
+    for dirpath, _, files in os.walk(os.path.join(ROOT, root)):
+      for f in files:
+        if not f.endswith(".py"):
+          continue
+        path = os.path.join(dirpath, f)
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        top_level = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+          if isinstance(node, ast.Import):
+            mods = [a.name for a in node.names]
+          elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            mods = [node.module]
+          else:
+            continue
+          for m in mods:
+            top = m.split(".")[0]
+            if top not in sys.stdlib_module_names and top not in (
+                "maxlm", "kernels", "configs", "__future__"):
+              out.add((os.path.relpath(path, ROOT), top, id(node) in top_level))
+  return out
+
+
+def _names(path):
+  """Canonical names of the packages a requirements file lists (any version specifier)."""
+  return {re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", l.strip()).group()).lower()
+          for l in open(path) if l.strip() and not l.startswith("#")}
+
+
+def test_every_import_of_the_package_is_a_declared_requirement():
+  """A package maxlm imports is named by requirements.txt or an extra, not just pulled in by
+  some other package (tokenizers arrived only through transformers, a test-only package, so
+  a tokenizer.json could not be loaded on an install without the test extras)."""
+  import importlib.metadata
+  dists = importlib.metadata.packages_distributions()
+  canon = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+  core = _names(os.path.join(ROOT, "requirements.txt"))
+  extras = {req: _names(os.path.join(ROOT, req)) for req in _EXTRA_SCOPES}
+  problems = []
+  for path, module, module_level in sorted(_third_party_imports()):
+    names = {canon(d) for d in dists.get(module, [])} or {_NOT_INSTALLED.get(module, module)}
+    if names & core:
+      continue
+    homes = [req for req, pins in extras.items() if names & pins]
+    if not homes:
+      problems.append(f"{path}: imports {module} ({', '.join(sorted(names))}), which no"
+                      " requirements file names")
+    elif module_level and not any(path.startswith(p) for req in homes
+                                  for p in _EXTRA_SCOPES[req]):
+      problems.append(f"{path}: imports {module} at module level, but it comes with"
+                      f" {homes[0]} only (import it where it is used)")
+  assert not problems, "\n".join(problems)

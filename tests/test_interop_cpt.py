@@ -27,7 +27,8 @@ import pytest
 
 import torch  # noqa: E402  (the `reference` extra)
 import transformers  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
+
+from hf_fixtures import byte_level_bpe, randomize, save_hf_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.torch  # transformers is the reference (3.11 stack only)
 
@@ -48,27 +49,14 @@ def parent(tmp_path_factory):
   """An HF Mistral directory with a tokenizer.json-only tokenizer; returns its path."""
   root = tmp_path_factory.mktemp("mistral")
   text = open(os.path.join(ROOT, "maxlm", "generate.py")).read()
-  tk = Tokenizer(models.BPE())
-  tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tk.decoder = decoders.ByteLevel()
-  tk.train_from_iterator([text], trainers.BpeTrainer(
-      vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-  tk.add_special_tokens([BOS, EOS])
-  tk.post_processor = processors.TemplateProcessing(single=f"{BOS} $A",
-                                                    special_tokens=[(BOS, tk.token_to_id(BOS))])
-  tk.save(str(root / "tokenizer.json"))
-  transformers.PreTrainedTokenizerFast(tokenizer_file=str(root / "tokenizer.json"),
-                                       bos_token=BOS, eos_token=EOS).save_pretrained(str(root))
-  torch.manual_seed(0)
+  tk = byte_level_bpe(text, 400, BOS, EOS)
+  save_hf_tokenizer(tk, str(root), BOS, EOS)
   config = transformers.MistralConfig(
       hidden_size=64, intermediate_size=96, num_hidden_layers=2, vocab_size=512,
       num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=WINDOW,
       bos_token_id=tk.token_to_id(BOS), eos_token_id=tk.token_to_id(EOS))
-  model = transformers.MistralForCausalLM(config).eval()
-  with torch.no_grad():  # larger than init, so the loss is far from log(V) and from uniform
-    for name, p in model.named_parameters():
-      p.copy_(1.0 + 0.2 * torch.randn_like(p) if name.endswith("norm.weight")
-              else 0.1 * torch.randn_like(p))
+  # Larger than init, so the loss is far from log(V) and from uniform.
+  model = randomize(transformers.MistralForCausalLM(config), 0, scale=0.1)
   model.save_pretrained(str(root))
   assert not (root / "tokenizer.model").exists()
   return str(root)

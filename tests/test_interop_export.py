@@ -12,13 +12,14 @@ import json
 import os
 import stat
 
-import jax
 import numpy as np
 import pytest
 
 import torch  # noqa: E402  (the `reference` extra)
 import transformers  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
+
+from hf_fixtures import (byte_level_bpe, hf_logits, random_maxlm_params, rel_err,  # noqa: E402
+                         save_hf_tokenizer)
 
 pytestmark = pytest.mark.torch  # not run on the Python 3.12 CI stack (.ci/run)
 
@@ -34,16 +35,6 @@ TEXT = ("The quick brown fox jumps over the lazy dog.\n    indented code = 1\n"
 PROBES = ["hello world", " leading space", "mid-word\n\tand tabs  ", "def g(y): return y"]
 
 
-def _random_params(cfg, seed=0):
-  shapes = jax.eval_shape(lambda: maxlm.init_params(cfg, jax.random.PRNGKey(0)))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    is_scale = jax.tree_util.keystr(path).endswith("['scale_d']")
-    return (float(is_scale) + rng.normal(0.0, 0.2, s.shape)).astype(np.float32)
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 def _model(vocab, **kw):
   return maxlm.ModelConfig(**{**dict(vocab_size=vocab, d_model=64, n_layers=2, n_heads=4,
                                      n_kv_heads=2, head_dim=16, d_ff=96), **kw})
@@ -56,7 +47,7 @@ def _finished_run(workdir, cfg, tokenizer_path=""):
                 data=dict(seq_len=64, tokenizer=dict(path=tokenizer_path)))
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config, f)
-  params = _random_params(cfg)
+  params = random_maxlm_params(cfg)
   export_params(params, os.path.join(workdir, "params"))
   with open(os.path.join(workdir, "done.json"), "w") as f:
     json.dump(dict(step=3), f)
@@ -76,22 +67,10 @@ def maxlm_sp_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def hf_parent_dir(tmp_path_factory):
   """An HF tokenizer directory (byte-level BPE, BOS/EOS at the top, a chat template)."""
-  tk = Tokenizer(models.BPE())
-  tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tk.decoder = decoders.ByteLevel()
-  tk.train_from_iterator([TEXT], trainers.BpeTrainer(
-      vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-  tk.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>"])
-  bos = tk.token_to_id("<|begin_of_text|>")
-  tk.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
-                                                    special_tokens=[("<|begin_of_text|>", bos)])
+  tk = byte_level_bpe(TEXT, 300, "<|begin_of_text|>", "<|end_of_text|>")
   root = tmp_path_factory.mktemp("parent")
-  tk.save(str(root / "tokenizer.json"))
-  hf = transformers.PreTrainedTokenizerFast(
-      tokenizer_file=str(root / "tokenizer.json"), bos_token="<|begin_of_text|>",
-      eos_token="<|end_of_text|>")
-  hf.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-  hf.save_pretrained(str(root / "hf"))
+  save_hf_tokenizer(tk, str(root / "hf"), "<|begin_of_text|>", "<|end_of_text|>",
+                    chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}")
   return str(root / "hf")
 
 
@@ -104,10 +83,7 @@ def _check_round_trip(workdir, params, cfg, out):
   model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
   assert (model.config.bos_token_id, model.config.eos_token_id) == (tok.bos_id, tok.eos_id)
   ids = np.asarray([hf_tok(s)["input_ids"][:6] for s in PROBES], np.int32)
-  with torch.no_grad():
-    ref = model(torch.as_tensor(ids, dtype=torch.long)).logits.numpy()
-  got = np.asarray(maxlm.forward(cfg, params, ids))
-  err = float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
+  err = rel_err(maxlm.forward(cfg, params, ids), hf_logits(model, ids))
   print(f"export logits: max|diff|/max|hf logit| = {err:.2e}")
   assert err < RTOL
   for name in os.listdir(out):

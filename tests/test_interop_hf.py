@@ -19,6 +19,8 @@ import pytest
 import torch  # noqa: E402  (the `reference` extra, requirements-reference.txt)
 import transformers  # noqa: E402
 
+from hf_fixtures import hf_logits, random_maxlm_params, randomize, rel_err  # noqa: E402
+
 pytestmark = pytest.mark.torch  # not run on the Python 3.12 CI stack (.ci/run)
 
 import maxlm  # noqa: E402
@@ -31,28 +33,10 @@ _TINY = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, vocab_si
              num_attention_heads=4, num_key_value_heads=2)
 
 
-def _rel_err(a, b):
-  return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b))))
-
-
 def _hf_model(seed=0, **overrides):
   """A random-weight float32 LlamaForCausalLM in eval mode."""
-  torch.manual_seed(seed)
-  config = transformers.LlamaConfig(**{**_TINY, **overrides})
-  model = transformers.LlamaForCausalLM(config).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      # Larger-than-init weights give O(1) logits; norms off 1 so their mapping is tested.
-      if name.endswith("norm.weight"):
-        p.copy_(1.0 + 0.2 * torch.randn_like(p))
-      else:
-        p.normal_(0.0, 0.2)
-  return model
-
-
-def _hf_logits(model, tokens_bt):
-  with torch.no_grad():
-    return model(torch.as_tensor(tokens_bt, dtype=torch.long)).logits.float().numpy()
+  return randomize(
+      transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**_TINY, **overrides})), seed)
 
 
 def _tokens(seed=0, B=2, T=12):
@@ -78,7 +62,7 @@ def test_logits_match_transformers(case, tmp_path):
   model = _hf_model(**_CASES[case])
   cfg, params = import_checkpoint(_save(model, tmp_path))
   tokens = _tokens()
-  err = _rel_err(maxlm.forward(cfg, params, tokens), _hf_logits(model, tokens))
+  err = rel_err(maxlm.forward(cfg, params, tokens), hf_logits(model, tokens))
   print(f"{case}: max|diff|/max|hf logit| = {err:.2e}")
   assert err < RTOL
 
@@ -112,7 +96,7 @@ def test_transformers_4x_and_5x_config_keys_agree(tmp_path):
   assert cfg5.rope_theta == 500000.0
   assert cfg5.rope_scaling_dict == {"rope_type": "linear", "factor": 2.0}
   tokens = _tokens()
-  assert _rel_err(maxlm.forward(cfg4, params4, tokens), _hf_logits(model, tokens)) < RTOL
+  assert rel_err(maxlm.forward(cfg4, params4, tokens), hf_logits(model, tokens)) < RTOL
 
 
 def test_unscanned_override_same_logits(tmp_path):
@@ -121,7 +105,7 @@ def test_unscanned_override_same_logits(tmp_path):
   cfg, params = import_checkpoint(path, model_overrides={"scan_layers": False})
   assert not cfg.scan_layers and "layer_1" in params and "layers" not in params
   tokens = _tokens()
-  assert _rel_err(maxlm.forward(cfg, params, tokens), _hf_logits(model, tokens)) < RTOL
+  assert rel_err(maxlm.forward(cfg, params, tokens), hf_logits(model, tokens)) < RTOL
 
 
 def test_sharded_and_bf16_checkpoints(tmp_path):
@@ -139,19 +123,6 @@ def test_sharded_and_bf16_checkpoints(tmp_path):
   jax.tree_util.tree_map(np.testing.assert_array_equal, bf, rounded)
 
 
-def _random_params(cfg, seed=0):
-  """maxlm-layout params with random values; norm scales near 1 but not equal to it."""
-  # eval_shape traces init without compiling it: seconds saved per test on CPU.
-  shapes = jax.eval_shape(lambda: maxlm.init_params(cfg, jax.random.PRNGKey(0)))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    is_norm = jax.tree_util.keystr(path).endswith("['scale_d']")
-    return (float(is_norm) + rng.normal(0.0, 0.2, s.shape)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 _MAXLM = ModelConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
                      head_dim=32, d_ff=96, rope_theta=500000.0, norm_eps=1e-5)
 
@@ -161,7 +132,7 @@ _MAXLM = ModelConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_hea
 def test_export_import_round_trip_is_exact(scan_layers, tie, tmp_path):
   cfg = dataclasses.replace(_MAXLM, scan_layers=scan_layers, tie_embeddings=tie,
                             rope_scaling={"rope_type": "linear", "factor": 2.0})
-  params = _random_params(cfg)
+  params = random_maxlm_params(cfg)
   export_checkpoint(cfg, params, tmp_path)
   got_cfg, got = import_checkpoint(tmp_path, model_overrides={"scan_layers": scan_layers})
   assert got_cfg == cfg
@@ -174,13 +145,13 @@ def test_export_import_round_trip_is_exact(scan_layers, tie, tmp_path):
 @pytest.mark.parametrize("tie", [False, True])
 def test_export_loads_in_transformers(tie, tmp_path):
   cfg = dataclasses.replace(_MAXLM, tie_embeddings=tie)
-  params = _random_params(cfg)
+  params = random_maxlm_params(cfg)
   export_checkpoint(cfg, params, tmp_path)
   model = transformers.LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
   assert model.config.rope_parameters["rope_theta"] == 500000.0
   assert model.config.head_dim == 32 and model.config.tie_word_embeddings == tie
   tokens = _tokens(seed=1)
-  err = _rel_err(maxlm.forward(cfg, params, tokens), _hf_logits(model, tokens))
+  err = rel_err(maxlm.forward(cfg, params, tokens), hf_logits(model, tokens))
   print(f"export tie={tie}: max|diff|/max|hf logit| = {err:.2e}")
   assert err < RTOL
 

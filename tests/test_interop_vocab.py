@@ -16,7 +16,8 @@ import pytest
 
 import torch  # noqa: E402  (the `reference` extra)
 import transformers  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
+
+from hf_fixtures import byte_level_bpe, randomize, save_hf_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -32,29 +33,14 @@ TEXT = ("The quick brown fox jumps over the lazy dog.\n    indented code = 1\n"
 
 
 def _parent(root, model_vocab=None, tie=False):
-  tk = Tokenizer(models.BPE())
-  tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tk.decoder = decoders.ByteLevel()
-  tk.train_from_iterator([TEXT], trainers.BpeTrainer(
-      vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-  tk.add_special_tokens([BOS, EOS])
-  tk.post_processor = processors.TemplateProcessing(single=f"{BOS} $A",
-                                                    special_tokens=[(BOS, tk.token_to_id(BOS))])
-  os.makedirs(root, exist_ok=True)
-  tk.save(os.path.join(root, "tokenizer.json"))
-  transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(root, "tokenizer.json"),
-                                       bos_token=BOS, eos_token=EOS).save_pretrained(root)
+  tk = byte_level_bpe(TEXT, 300, BOS, EOS)
+  save_hf_tokenizer(tk, root, BOS, EOS)
   V = tk.get_vocab_size()
-  torch.manual_seed(0)
   config = transformers.LlamaConfig(
       hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
       num_key_value_heads=2, vocab_size=model_vocab or V, tie_word_embeddings=tie,
       bos_token_id=tk.token_to_id(BOS), eos_token_id=tk.token_to_id(EOS))
-  model = transformers.LlamaForCausalLM(config).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      p.copy_(1.0 + 0.2 * torch.randn_like(p) if name.endswith("norm.weight")
-              else 0.2 * torch.randn_like(p))
+  model = randomize(transformers.LlamaForCausalLM(config))
   model.save_pretrained(root)
   return root, V
 

@@ -241,3 +241,20 @@ def test_residual_plot_of_a_degenerate_fit_is_still_drawn(tmp_path):
                             ("some.png", sane, [3.9, float("nan"), 4.1])):
       path = plots.residuals(fit, n, d, loss, str(tmp_path / name))
       assert os.path.getsize(path) > 1000
+
+
+def test_fit_cli_warns_when_the_runs_do_not_pin_the_law(tmp_path, capsys):
+  """A law whose exponent lies outside the grid's (0, 2] is reported with a warning on stderr
+  (and in --json); the published-range law fitted from the same grid gives none."""
+  n, d = np.meshgrid(np.geomspace(5e7, 1.6e10, 8), np.geomspace(2e8, 3e11, 8))
+  n, d = n.ravel(), d.ravel()
+  for law, warned in ((TRUE, False), (dict(TRUE, alpha=2.6, A=4.8e17), True)):
+    path = tmp_path / "runs.csv"
+    _write_csv(path, {"n_non_embedding": n, "tokens": d,
+                      "final_loss": chinchilla.predict_loss(law, n, d)})
+    cli.main(["fit", str(path), "--method", "approach3", "--grid", "coarse", "--json"])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["alpha"] == pytest.approx(law["alpha"], rel=1e-3)
+    assert ("warning: approach 3 on 64 runs: alpha=2.6" in captured.err) == warned, captured.err
+    assert bool(out.get("warnings")) == warned

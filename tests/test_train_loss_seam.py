@@ -29,6 +29,8 @@ from maxlm.train.losses import next_token_loss
 from maxlm.train.rollback import SpikeGuard, Verdict
 from maxlm.train.step import accumulate, train_step
 
+from conftest import random_batch
+
 CFG = maxlm.ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                         head_dim=8, d_ff=64)
 TEACHER = dataclasses.replace(CFG, d_model=48, n_layers=1)
@@ -36,13 +38,7 @@ B, T, K = 4, 16, 8
 
 
 def _batch(seed=0):
-  rng = np.random.default_rng(seed)
-  return dict(inputs=rng.integers(0, 64, (B, T)).astype(np.int32),
-              targets=rng.integers(0, 64, (B, T)).astype(np.int32),
-              segment_ids=np.ones((B, T), np.int32),
-              positions=np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)).copy(),
-              loss_mask=(rng.random((B, T)) > 0.2).astype(np.float32),
-              domain_ids=rng.integers(0, 2, (B, T)).astype(np.int32))
+  return random_batch(seed, B, T, CFG.vocab_size, num_domains=2)
 
 
 def _state(seed=0):

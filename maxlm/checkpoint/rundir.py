@@ -100,18 +100,22 @@ def tokenizer_path(path: str) -> str:
 parent_tokenizer_path = tokenizer_path
 
 
-def params_source(path: str, step: int | None = None) -> tuple[str, str]:
-  """(directory, kind) holding the params of a run: kind 'params' (an export) or 'state'.
+def params_source(path: str, step: int | None = None, *,
+                  prefer_export: bool = True) -> tuple[str, str, int | None]:
+  """(directory, kind, step) holding the params of a run: kind 'params' (an export) or 'state'.
 
   `path` is a workdir or `<workdir>/checkpoints/<step>`. Without a step: the
-  export of a finished run (params/ with done.json), else the newest committed
-  checkpoint. Fails with one line naming what is there.
+  export of a finished run (params/ with done.json; its step is done.json's),
+  unless `prefer_export` is False (a caller that needs the optimizer state too),
+  else the newest committed checkpoint. Fails with one line naming what is there.
   """
   workdir, from_path = split_checkpoint_path(path)
   step = from_path if step is None else step
   export = os.path.join(workdir, PARAMS)
-  if step is None and os.path.isdir(export) and os.path.isfile(os.path.join(workdir, DONE)):
-    return export, "params"
+  if step is None and prefer_export and os.path.isdir(export):
+    done = read_done(workdir)
+    if done is not None:
+      return export, "params", done.get("step")
   steps = committed_steps(workdir)
   if step is None:
     if not steps:
@@ -121,4 +125,4 @@ def params_source(path: str, step: int | None = None) -> tuple[str, str]:
   elif step not in steps:
     raise FileNotFoundError(f"{path}: step {step} is not a committed checkpoint; {workdir} has"
                             f" {steps}")
-  return state_dir(workdir, step), "state"
+  return state_dir(workdir, step), "state", step

@@ -20,15 +20,16 @@ stream them; free-form metadata without a schema; zstd decompresses at >1 GB/s.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import tempfile
 
 import apache_beam as beam
 import zstandard
 from apache_beam.io import fileio
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from maxlm.curate import outdir, report
 from maxlm.curate.classifier import ClassifierScore
@@ -37,6 +38,8 @@ from maxlm.curate.dedup import Boilerplate, ExactDedup, NearDedup
 from maxlm.curate.read import ReadDocuments
 from maxlm.curate.stages import (C4Lines, FineWebQuality, GopherQuality, GopherRepetition, LanguageId,
                                  Normalize)
+from maxlm.data import beam as beam_lib
+from maxlm.data import config as data_config
 
 
 def _model_score(**kwargs):
@@ -112,10 +115,35 @@ def _to_json(rec) -> str:
   return json.dumps(rec, ensure_ascii=False)
 
 
-def build_pipeline(p: beam.Pipeline, config, inputs, output: str) -> None:
-  """Adds every enabled stage of `config` to `p`, reading `inputs` and writing under `output`."""
+class _CountWritten(beam.DoFn):
+  """Passes documents on to the writer, counting them for maxlm.curate.progress."""
+
+  def __init__(self, progress_dir: str):
+    self._progress_dir = progress_dir
+
+  def setup(self):
+    from maxlm.curate import progress  # pylint: disable=g-import-not-at-top
+    self._counter = progress.Counter(self._progress_dir)
+
+  def process(self, doc):
+    self._counter.written()
+    yield doc
+
+  def teardown(self):
+    self._counter.flush()
+
+
+def build_pipeline(p: beam.Pipeline, config, inputs, output: str, progress_dir: str | None = None,
+                   shards: dict | None = None):
+  """Adds every enabled stage of `config` to `p`, reading `inputs` and writing under `output`.
+
+  progress_dir: a local directory where the workers count records read and
+  documents written (maxlm.curate.progress); None counts nothing.
+  shards: also write the kept documents as tokenize-once shards, in this
+  pipeline: {"out", "tokenizer", "heldout_fraction", "shard_tokens"} (maxlm.curate.to_shards).
+  """
   # --- read ---
-  read = p | ReadDocuments(inputs, **config.read)
+  read = p | ReadDocuments(inputs, progress_dir=progress_dir, **config.read)
   docs = read["docs"]
   rejects, notes = [read["rejects"]], []
   counts = [_count(docs, "read", lambda r: ("read", "kept", ""))]
@@ -153,12 +181,20 @@ def build_pipeline(p: beam.Pipeline, config, inputs, output: str) -> None:
          | "write_notes" >> beam.io.WriteToText(os.path.join(output, "notes", "part"), ".jsonl"))
   partition_by, default = config.write.partition_by, config.write.default_partition
   compress = config.write.get("compression", "zstd") == "zstd"
+  if progress_dir:
+    docs = docs | "count_written" >> beam.ParDo(_CountWritten(progress_dir))
   _ = docs | "write_docs" >> fileio.WriteToFiles(
       path=os.path.join(output, "docs"),
       destination=lambda d: str(d["meta"].get(partition_by) or default),
       sink=lambda dest: _JsonlSink(compress),
       file_naming=fileio.destination_prefix_naming(".jsonl.zst" if compress else ".jsonl"),
       shards=config.write.num_shards)
+  if shards:
+    from maxlm.curate import to_shards  # pylint: disable=g-import-not-at-top
+    to_shards.write_shards(docs, out_dir=shards["out"], tokenizer_path=shards["tokenizer"],
+                           partition_by=partition_by, default=default,
+                           heldout_fraction=shards["heldout_fraction"],
+                           shard_tokens=shards["shard_tokens"])
   drop_text = not config.write.rejects_keep_text
   _ = (all_rejects
        | "rejects_json" >> beam.Map(lambda r: _to_json({k: v for k, v in r.items() if not (drop_text and k == "text")}))
@@ -175,28 +211,15 @@ def build_pipeline(p: beam.Pipeline, config, inputs, output: str) -> None:
   return stage_names
 
 
-def pipeline_options(beam_args, num_workers: int = 0) -> tuple[PipelineOptions, object]:
-  """Options and runner. Without --runner (or with DirectRunner) this is Beam's FnApiRunner,
-  one process per core: DirectRunner would first try the Prism runner, which downloads a
-  binary at run time and fails offline."""
-  options = PipelineOptions(list(beam_args))
-  runner = options.view_as(StandardOptions).runner
-  if runner in (None, "DirectRunner", "FnApiRunner"):
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-    direct = options.view_as(DirectOptions)
-    if "--direct_running_mode" not in " ".join(beam_args):
-      direct.direct_running_mode = "multi_processing"
-    if not direct.direct_num_workers:
-      direct.direct_num_workers = num_workers or os.cpu_count() or 1
-    return options, FnApiRunner()
-  return options, None
-
-
-def run(config, inputs, output: str, beam_args=(), overwrite: bool = False) -> dict:
+def run(config, inputs, output: str, beam_args=(), overwrite: bool = False,
+        progress: bool = False, shards: dict | None = None) -> dict:
   """Runs the pipeline to completion; returns the summary (also written under `output`).
 
   `output` must be empty, or hold this same run (see outdir.claim); `overwrite`
-  replaces another run's outputs.
+  replaces another run's outputs. `progress`: lines with records read / total,
+  rate and ETA on stderr while it runs (local runner only: maxlm.curate.progress).
+  `shards`: also end in the shard writer (see build_pipeline); its "out" must
+  be empty or absent; the summary gets "shards": the manifest's path.
   """
   from maxlm.curate import read  # pylint: disable=g-import-not-at-top
   fp = outdir.fingerprint(config.to_dict(), read.match_inputs(inputs))
@@ -204,9 +227,30 @@ def run(config, inputs, output: str, beam_args=(), overwrite: bool = False) -> d
   if done is not None:
     report.check_error_budget(done, config.read.max_error_fraction)
     return done
-  options, runner = pipeline_options(beam_args, config.num_workers)
-  with beam.Pipeline(runner=runner, options=options) as p:
-    stage_names = build_pipeline(p, config, inputs, output)
+  if shards:
+    shards = dict(shards)
+    shards.setdefault("heldout_fraction", data_config.default_data_config().heldout_fraction)
+    shards.setdefault("shard_tokens", 16_000_000)
+    if os.path.isdir(shards["out"]) and os.listdir(shards["out"]):
+      raise FileExistsError(f"--shards_out={shards['out']} is not empty: shards of another run "
+                            "would mix with these; give a new directory")
+  options, runner = beam_lib.pipeline_options(beam_args, config.num_workers)
+  with contextlib.ExitStack() as stack:
+    progress_dir = watcher = None
+    if progress and runner is not None:  # the local runner: its workers share this disk
+      from maxlm.curate import progress as progress_lib  # pylint: disable=g-import-not-at-top
+      progress_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="maxlm-curate-"))
+      watcher = progress_lib.Watcher(progress_dir, [f for f, _ in read.match_inputs(inputs)])
+      stack.callback(watcher.halt)  # a failed pipeline stops the thread without a last line
+      watcher.start()
+    with beam.Pipeline(runner=runner, options=options) as p:
+      stage_names = build_pipeline(p, config, inputs, output, progress_dir=progress_dir,
+                                   shards=shards)
+    if watcher is not None:
+      watcher.stop()
+  if shards:
+    from maxlm.curate import to_shards  # pylint: disable=g-import-not-at-top
+    to_shards.write_manifest(shards["out"], shards["tokenizer"])
   summary = report.write_report(output, stage_names, config.to_dict(),
                                 with_charts=config.write.get("charts", True))
   logging.info("curate: %s", json.dumps(summary["stages"]))

@@ -72,26 +72,43 @@ def match_inputs(patterns: list[str]) -> list[tuple[str, str]]:
 
 
 class _ReadFn(beam.DoFn):
-  def __init__(self, text_field, id_field):
+  def __init__(self, text_field, id_field, progress_dir=None):
     self._kw = dict(text_field=text_field, id_field=id_field)
+    self._progress_dir = progress_dir
 
-  def process(self, path_source):
-    path, source = path_source
+  def setup(self):
+    from maxlm.curate import progress  # pylint: disable=g-import-not-at-top
+    self._counter = progress.Counter(self._progress_dir) if self._progress_dir else None
+
+  def process(self, item):
+    index, path, source = item
     for kind, rec in read_file(path, source, **self._kw):
+      if self._counter is not None:
+        self._counter.record()
       yield rec if kind == "doc" else beam.pvalue.TaggedOutput("rejects", rec)
+    if self._counter is not None:
+      self._counter.file_done(index)
+
+  def teardown(self):
+    if self._counter is not None:
+      self._counter.flush()
 
 
 class ReadDocuments(beam.PTransform):
-  """Globs -> {"docs", "rejects"}; the file list is matched at construction (deterministic)."""
+  """Globs -> {"docs", "rejects"}; the file list is matched at construction (deterministic).
 
-  def __init__(self, patterns, *, text_field="text", id_field="id", **unused):
+  progress_dir: where the workers keep their counts for maxlm.curate.progress (None: no counts).
+  """
+
+  def __init__(self, patterns, *, text_field="text", id_field="id", progress_dir=None, **unused):
     super().__init__(label="read")
     self._files = match_inputs(patterns)
-    self._kw = dict(text_field=text_field, id_field=id_field)
+    self._kw = dict(text_field=text_field, id_field=id_field, progress_dir=progress_dir)
 
   def expand(self, pbegin):
+    files = [(i, path, source) for i, (path, source) in enumerate(self._files)]
     out = (pbegin
-           | "files" >> beam.Create(self._files)
+           | "files" >> beam.Create(files)
            | "spread" >> beam.Reshuffle()  # one file per work item, spread over workers
            | "parse" >> beam.ParDo(_ReadFn(**self._kw)).with_outputs("rejects", main="docs"))
     return {"docs": out.docs, "rejects": out.rejects}

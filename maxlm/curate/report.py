@@ -36,8 +36,11 @@ def summarize(counts, read_errors, stage_names, config: dict) -> dict:
   per_source = collections.defaultdict(lambda: collections.defaultdict(dict))
   scores = collections.defaultdict(dict)
   for (stage, kind, key), (n, nbytes) in counts:
+    # The counts come in no fixed order (Beam's combine): a source's kept and
+    # removed counts for a stage may arrive either way round, so neither resets the other.
     if kind == "source_kept":
-      per_source[key][stage] = {"docs_out": n, "bytes_out": nbytes, "removed": 0}
+      entry = per_source[key].setdefault(stage, {"docs_out": 0, "bytes_out": 0, "removed": 0})
+      entry["docs_out"], entry["bytes_out"] = n, nbytes
     elif kind == "source_removed":
       per_source[key].setdefault(stage, {"docs_out": 0, "bytes_out": 0, "removed": 0})
       per_source[key][stage]["removed"] += n

@@ -49,6 +49,10 @@ def default_data_config(variant: str = "two_domains") -> ml_collections.ConfigDi
   # mix after this many passes), order_by ('' = shuffle; 'length',
   # 'similarity' or a numeric metadata field = curriculum order, see
   # ordering.py), order_desc (descending curriculum).
+  # kind='instruct' reads JSONL instruction records ({"messages": [...]} with the
+  # tokenizer's chat template, or {"prompt", "response"}) and scores response tokens
+  # only (maxlm/data/instruct.py); its max_doc_chars must stay 0 (a record is never cut),
+  # and min_doc_chars / order_by='length' count the record's JSON line.
   c.sources = ml_collections.ConfigDict()
   c.sources.shakespeare = source(kind="shakespeare", domain="prose", weight=0.5,
                                  max_doc_chars=20_000)
@@ -200,6 +204,9 @@ def validate(data_config) -> None:
                        "expected an int >= 0 (0 = no cap)")
     if kinds[s["kind"]].needs_paths and not s["paths"]:
       raise ValueError(f"data.sources.{s['name']}.paths is empty for kind {s['kind']!r}")
+    if kinds[s["kind"]].instruct and s["max_doc_chars"]:
+      raise ValueError(f"data.sources.{s['name']}.max_doc_chars={s['max_doc_chars']}: an"
+                       f" {s['kind']!r} record is one document, never cut; set it to 0")
   if sum(s["weight"] for s in srcs) <= 0:
     raise ValueError("data.sources: weights sum to 0")
   if data_config.packing not in PACKINGS:

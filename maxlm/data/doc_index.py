@@ -185,10 +185,12 @@ class DocIndex:
     self.__dict__.update(state, _finalizer=None, _spill=None)
     self._init_readers()
 
-  def __del__(self):
+  # os.close bound at definition: at interpreter shutdown module globals may
+  # already be None when the last index is collected.
+  def __del__(self, _close=os.close):
     for fd in getattr(self, "_fds", {}).values():
       try:
-        os.close(fd)
+        _close(fd)
       except OSError:
         pass
 

@@ -38,12 +38,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 
 import grain
 import numpy as np
 
 from maxlm.data import config as config_lib
+from maxlm.data import instruct
 from maxlm.data import mixing
 from maxlm.data import online_mixing
 from maxlm.data import ordering
@@ -68,6 +70,7 @@ class SourcePlan:
   config: dict  # the source's entry from config.iter_sources
   train: sources_lib.TextIdSequence  # [(text, doc_id)] in curriculum order (or file order)
   heldout: sources_lib.TextIdSequence  # [(text, doc_id)]
+  first_id: int = 0  # doc id of the source's first document in file order (index position 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +89,33 @@ class Tokenize(grain.transforms.Map):
     return packing.to_example(np.asarray(ids, np.int32), self.domain_id, doc_id)
 
 
+@dataclasses.dataclass(frozen=True)
+class InstructTokenize(grain.transforms.Map):
+  """(JSON line of an instruction record, doc_id) -> example dict whose target_mask
+  scores the response tokens only (maxlm.data.instruct)."""
+  tokenizer_path: str
+  domain_id: int
+  bos_id: int | None
+  eos_id: int | None
+  source_name: str
+  index: object  # the source's DocIndex: names the record's file and line in an error
+  first_id: int  # the source's first doc id (doc_id - first_id = the index position)
+
+  def map(self, element):
+    text, doc_id = element[:2]
+    try:
+      ids, mask = instruct.encode(json.loads(text), tokenizer_lib.load(self.tokenizer_path),
+                                  bos_id=self.bos_id, eos_id=self.eos_id)
+    except Exception as e:  # a template error (jinja raises its own kinds): name the record
+      i = int(doc_id) - self.first_id
+      path = self.index.path_of(i)
+      if path.endswith(".spill"):  # a compressed file's records are read from a scratch copy
+        path = self.index.key(i).split(":", 1)[1].rsplit(":", 1)[0]  # relative to the glob
+      raise ValueError(f"data.sources.{self.source_name}: {path}:{self.index.line_of(i)}:"
+                       f" {type(e).__name__}: {e}") from e
+    return packing.to_example(ids, self.domain_id, doc_id, mask)
+
+
 def framing(data_config, tokenizer_path: str) -> tuple[int | None, int | None]:
   """(bos, eos) ids that frame every document: the tokenizer's own specials,
   each dropped when data.add_bos / data.add_eos is off."""
@@ -93,14 +123,16 @@ def framing(data_config, tokenizer_path: str) -> tuple[int | None, int | None]:
   return (bos if data_config.add_bos else None), (eos if data_config.add_eos else None)
 
 
-def plan_sources(data_config) -> list[SourcePlan]:
+def plan_sources(data_config, *, names=None, first_id: int = 0) -> list[SourcePlan]:
   """Indexes every source (one streaming pass, no text kept) and splits it; doc ids
-  are global and stable."""
+  are global and stable. names: only these sources (ids from first_id on)."""
   config_lib.validate(data_config)
   domains = config_lib.domain_names(data_config)
   budget = data_config.get("error_budget", -1)
-  plans, offset, bad = [], 0, 0
+  plans, offset, bad = [], first_id, 0
   for s in config_lib.iter_sources(data_config):
+    if names is not None and s["name"] not in names:
+      continue
     docs, errors = sources_lib.cached_documents(s, budget)
     bad += errors.total
     if 0 <= budget < bad:
@@ -113,7 +145,7 @@ def plan_sources(data_config) -> list[SourcePlan]:
     train = train.ordered(s.get("order_by", ""), s.get("order_desc", False))
     # A document's id is its position in the source's file order, after earlier sources'.
     plans.append(SourcePlan(s["name"], domains.index(s["domain"]), s["weight"], s,
-                            train.with_ids(offset), held.with_ids(offset)))
+                            train.with_ids(offset), held.with_ids(offset), offset))
     offset += len(docs)
   return plans
 
@@ -143,25 +175,47 @@ class Gather(grain.transforms.Map):
 
 def streams(data_config, *, tokenizer_path: str, split: str = "train") -> list[Stream]:
   """One Stream per configured source, from data.prepared_dir if set (then
-  nothing reads the raw sources)."""
+  nothing reads the raw text sources; instruction sources, which prepare does
+  not shard, are read raw beside the shards)."""
   c = data_config
   bos, eos = framing(c, tokenizer_path)
-  if c.get("prepared_dir"):
-    config_lib.validate(c)
-    manifest = shards_lib.load_manifest(c.prepared_dir, tokenizer_path)
-    domains = config_lib.domain_names(c)
-    out = []
-    for s in config_lib.iter_sources(c):
-      items, n = shards_lib.split_source(c.prepared_dir, manifest, s["name"], split)
-      dom = domains.index(s["domain"])
-      out.append(Stream(s["name"], dom, s["weight"], s, items, n,
-                        shards_lib.doc_id_range(manifest, s["name"]),
-                        shards_lib.DecodeRecord(manifest["dtype"], dom, bos, eos)))
-    return out
-  return [Stream(p.name, p.domain_id, p.weight, p.config, getattr(p, split),
-                 len(getattr(p, split)), id_range(p),
-                 Tokenize(tokenizer_path, p.domain_id, bos, eos))
-          for p in plan_sources(c)]
+  if not c.get("prepared_dir"):
+    return [_raw_stream(p, split, tokenizer_path, bos, eos) for p in plan_sources(c)]
+  config_lib.validate(c)
+  manifest = shards_lib.load_manifest(c.prepared_dir, tokenizer_path)
+  domains = config_lib.domain_names(c)
+  srcs = config_lib.iter_sources(c)
+  raw = [s["name"] for s in srcs if sources_lib.is_instruct(s)]
+  # Raw sources' doc ids follow every id in the shards (HostBatches needs them disjoint).
+  first_id = max((shards_lib.doc_id_range(manifest, n)[1] for n in manifest["sources"]),
+                 default=0)
+  raw_plans = {p.name: p for p in plan_sources(c, names=raw, first_id=first_id)} if raw else {}
+  out = []
+  for s in srcs:
+    if s["name"] in raw_plans:
+      out.append(_raw_stream(raw_plans[s["name"]], split, tokenizer_path, bos, eos))
+      continue
+    items, n = shards_lib.split_source(c.prepared_dir, manifest, s["name"], split)
+    dom = domains.index(s["domain"])
+    out.append(Stream(s["name"], dom, s["weight"], s, items, n,
+                      shards_lib.doc_id_range(manifest, s["name"]),
+                      shards_lib.DecodeRecord(manifest["dtype"], dom, bos, eos)))
+  return out
+
+
+def _raw_stream(p: SourcePlan, split: str, tokenizer_path: str, bos, eos) -> Stream:
+  """A planned source's split, tokenized on the fly (instruction records with their mask)."""
+  items = getattr(p, split)
+  if sources_lib.is_instruct(p.config):
+    index = p.train.index
+    instruct.check_tokenizer(p.name, getattr(index, "first_messages", None),
+                             tokenizer_lib.load(tokenizer_path))
+    to_example = InstructTokenize(tokenizer_path, p.domain_id, bos, eos, p.name, index,
+                                  p.first_id)
+  else:
+    to_example = Tokenize(tokenizer_path, p.domain_id, bos, eos)
+  return Stream(p.name, p.domain_id, p.weight, p.config, items, len(items), id_range(p),
+                to_example)
 
 
 def id_range(plan: SourcePlan) -> tuple[int, int]:

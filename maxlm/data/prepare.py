@@ -8,29 +8,32 @@ r"""Tokenize once on Apache Beam: sources -> ArrayRecord token shards + manifest
       --config.data.tokenizer.path=/tmp/tok.model --config.data.prepared_dir=/tmp/shards
 
 Flags prepare does not know are Beam pipeline options. Without --runner it is
-Beam's FnApiRunner with one process per core (multi_processing mode, as
-maxlm.curate runs; DirectRunner's default Prism runner downloads a binary and
+Beam's FnApiRunner with one process per core (maxlm.data.beam, shared with
+maxlm.curate; DirectRunner's default Prism runner downloads a binary and
 fails offline). A cluster runner needs --out on a filesystem every worker sees
 (the shards are written by the workers with ArrayRecord's file writer).
 
 What happens:
-  1. The sources are planned as for training (pipeline.plan_sources: the same
-     held-out split by a stable hash of each document's key, the same
-     curriculum order, the same global doc ids), so training from shards sees
-     exactly the batches training from raw text would.
+  1. Documents get what training from raw text gives them (pipeline.plan_sources):
+     the held-out split by a stable hash of each document's key, the same
+     curriculum order, the same global doc ids (file position, after earlier
+     sources), so training from shards sees exactly the batches training from
+     raw text would.
   2. Each split is cut into shards of a target size in tokens
      (`shard_tokens`, 16M tokens = 32 MB at uint16 by default): the documents
-     per shard are fixed from a sample of the source (or `docs_per_shard`) and
-     saved in prepare_plan.json, so a rerun cuts identically.
-  3. Beam writes the missing shards in parallel: a worker re-plans only the
-     source it needs (once per process) and tokenizes its shard's documents in
-     one batch call. Layout and record format: maxlm/data/shards.py.
+     per shard are fixed from a sample of the source's first documents (or
+     `docs_per_shard`) and saved in prepare_plan.json, so a rerun cuts identically.
+  3. In this process (--workers=1, no Beam flags) each source is streamed once
+     in file order, each document into its split's open shard, tokenized in
+     batches of 512: memory is one batch and one shard writer, whatever the
+     corpus (peak RSS at 1.6M documents: 1.07x the 100k figure, BENCHMARKS.md). A source
+     with an order_by (a curriculum needs every document) is planned whole.
+     On Beam, every source is planned (the lazy index of maxlm.data.doc_index:
+     ~60 bytes a document, not its text) and a worker re-plans only the source
+     it needs (once per process), writing whole shards in parallel.
   4. The manifest lists every shard with its document and token counts;
      errors.json keeps the bad-input report for training runs that never see
-     the raw files.
-
-Memory: a worker holds one source's plan (today: its texts; with the lazy
-document index of maxlm.data.sources, byte offsets only) and one shard.
+     the raw files. Layout and record format: maxlm/data/shards.py.
 
 Resumable: a shard is written to a temporary name and renamed, then its .json
 summary (the "done" marker) is written; a rerun writes only shards without a
@@ -47,9 +50,13 @@ import os
 import threading
 import time
 
+from maxlm.data import beam as beam_lib
 from maxlm.data import config as config_lib
+from maxlm.data import doc_index
 from maxlm.data import pipeline
+from maxlm.data import readers as readers_lib
 from maxlm.data import shards as shards_lib
+from maxlm.data import sources as sources_lib
 from maxlm.data import tokenizer as tokenizer_lib
 
 SHARD_TOKENS = 16_000_000  # default target tokens per shard (32 MB of uint16)
@@ -78,23 +85,238 @@ def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
             progress: bool = True, beam_args=None) -> dict:
   """Writes (or completes) the shards and manifest; returns the manifest.
 
-  workers=1 and no beam_args: in this process. Otherwise a Beam pipeline
-  (beam_args: Beam pipeline flags; workers: local processes, 0 = all cores).
+  workers=1 and no beam_args: in this process, streaming each source once
+  (sources with an order_by are planned whole: a curriculum needs every
+  document). Otherwise a Beam pipeline over planned shards (beam_args: Beam
+  pipeline flags; workers: local processes, 0 = all cores).
   """
+  for s in config_lib.iter_sources(data_config):
+    if sources_lib.is_instruct(s):  # the shard format has no loss mask (maxlm.data.instruct)
+      raise ValueError(
+          f"prepare: data.sources.{s['name']} is an instruction source (kind {s['kind']!r});"
+          " instruction sources are read raw by training, beside the shards: prepare a config"
+          " without it, then train with it and data.prepared_dir")
   sha = tokenizer_lib.tokenizer_hash(tokenizer_path)
   vocab = tokenizer_lib.load(tokenizer_path).vocab_size
-  dtype = "<u2" if vocab <= 1 << 16 else "<u4"
+  dtype = shards_lib.token_dtype(vocab)
   old = os.path.join(out_dir, shards_lib.MANIFEST)
-  if os.path.exists(old) and _read_json(old)["tokenizer_sha256"] != sha:
+  if os.path.exists(old) and shards_lib.read_json(old)["tokenizer_sha256"] != sha:
     raise ValueError(f"{out_dir} holds shards of another tokenizer; use a new --out")
   os.makedirs(out_dir, exist_ok=True)
+  config_lib.validate(data_config)
+  t0 = time.time()
+  bar = None
+  if progress:
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+    bar = tqdm(desc="prepare", unit="shard")
+  run = _Run(out_dir, tokenizer_path, sha, dtype, docs_per_shard, shard_tokens, bar)
+  if workers == 1 and not beam_args:
+    layout, errors, written = _prepare_in_process(data_config, run)
+  else:
+    layout, errors, written = _prepare_on_beam(data_config, run, workers, beam_args or ())
+  if bar is not None:  # the bar's last count is the manifest's shard count
+    bar.total = sum(len(lay[k]) for lay in layout.values() for k in ("train", "heldout"))
+    bar.refresh()
+    bar.close()
+  shards_lib.write_errors(out_dir, errors)
+  manifest = shards_lib.build_manifest(out_dir, layout, tokenizer_path, sha, vocab, dtype)
+  manifest["last_run"] = dict(shards_written=len(written), tokens=sum(written),
+                              seconds=round(time.time() - t0, 2))
+  shards_lib.write_json(old, manifest)
+  return manifest
+
+
+@dataclasses.dataclass
+class _Run:
+  """What every shard of one prepare call shares."""
+  out_dir: str
+  tokenizer_path: str
+  sha: str
+  dtype: str
+  docs_per_shard: int
+  shard_tokens: int
+  bar: object  # tqdm or None
+
+  def shard_path(self, name: str, split: str, k: int) -> tuple[str, str]:
+    rel = os.path.join(name, f"{split}-{k:05d}")
+    return rel, os.path.join(self.out_dir, rel)
+
+  def clean(self, name: str) -> None:
+    """Removes half-written files of a killed run in a source's directory (their shards are redone)."""
+    d = os.path.join(self.out_dir, name)
+    os.makedirs(d, exist_ok=True)
+    for f in os.listdir(d):
+      if ".tmp" in f:
+        os.remove(os.path.join(d, f))
+
+  def tick(self) -> None:
+    if self.bar is not None:
+      self.bar.update(1)
+
+
+def _prepare_in_process(data_config, run: _Run):
+  """Each source in turn: streamed (one pass, O(batch) memory) or, with an
+  order_by, planned whole. Returns (layout, error logs, tokens of the shards written)."""
+  budget = data_config.get("error_budget", -1)
+  fraction = data_config.heldout_fraction
+  cut = _saved_cut(run, [s["name"] for s in config_lib.iter_sources(data_config)])
+  layout, errors, written, offset, bad = {}, {}, [], 0, 0
+  base = _plan_fields(data_config)
+  for src in config_lib.iter_sources(data_config):
+    name = src["name"]
+    run.clean(name)
+    per = cut.get(name)
+    if per is None:
+      per = cut[name] = _docs_per_shard(
+          run, [] if run.docs_per_shard else _stream_sample(src, fraction))
+      _save_cut(run, cut)
+    got = None
+    if not src.get("order_by"):
+      errors[name] = readers_lib.ErrorLog(budget)
+      got = _stream_source(src, offset, fraction, per, run, errors[name])
+    if got is None:  # a curriculum order, or the held-out rule needs the whole source
+      plan = _worker_plan(json.dumps(dict(src), sort_keys=True, default=list),
+                          json.dumps(base, sort_keys=True, default=list))
+      _, errors[name] = sources_lib.cached_index(src, budget)
+      got = _write_planned(plan, offset, per, run)
+    lay, n_docs, tokens = got
+    if not n_docs:
+      raise ValueError(f"data.sources.{name}: no documents")
+    bad += errors[name].total
+    if 0 <= budget < bad:
+      raise sources_lib.DataErrorBudgetExceeded(
+          f"data error budget exceeded: {bad} bad inputs over all sources > "
+          f"data.error_budget={budget}; see data.error_report(config)")
+    layout[name] = dict(domain=src["domain"], train=lay["train"], heldout=lay["heldout"],
+                        doc_id_range=[offset, offset + n_docs])
+    written += tokens
+    offset += n_docs
+  return layout, errors, written
+
+
+def _stream_sample(src, fraction) -> list[str]:
+  """The first training documents of a source, in file order (what plan.train[:n] holds)."""
+  out = []
+  for doc in sources_lib.iter_documents(src, readers_lib.ErrorLog()):
+    if not (fraction > 0 and doc_index.unit_hash(doc.key.split(":", 1)[1]) < fraction):
+      out.append(doc.text)
+      if len(out) >= _SAMPLE_DOCS:
+        break
+  return out
+
+
+def _stream_source(src, offset, fraction, per, run: _Run, errors):
+  """One pass over a source in file order, each document to its split's open
+  shard; the same documents, ids and cut as planning the source
+  (pipeline.plan_sources: held out by unit_hash of the key without the source
+  name, ids by file position). Returns (layout, documents, tokens written), or
+  None when the split needs the whole source (no document fell in the
+  held-out fraction: planning holds out the lowest hash instead)."""
+  name = src["name"]
+  splits = {k: _SplitShards(run, name, k, per) for k in ("train", "heldout")}
+  n = 0
+  for doc in sources_lib.iter_documents(src, errors):
+    held = fraction > 0 and doc_index.unit_hash(doc.key.split(":", 1)[1]) < fraction
+    splits["heldout" if held else "train"].add(doc.text, offset + n)
+    n += 1
+  n_held = splits["heldout"].docs
+  if (fraction > 0 and n >= 2 and not n_held) or (n < 2 and n_held):
+    for sp in splits.values():
+      sp.abort()
+    return None
+  tokens = [t for sp in splits.values() for t in sp.finish()]
+  return {k: sp.rels for k, sp in splits.items()}, n, tokens
+
+
+class _SplitShards:
+  """The shards of one source's split, filled in order; finished shards are skipped (resume)."""
+
+  def __init__(self, run: _Run, name: str, split: str, per: int):
+    self._run, self._name, self._split, self._per = run, name, split, per
+    self.rels, self.written, self.docs = [], [], 0
+    self._batch, self._writer, self._in_shard, self._paths = [], None, 0, []
+
+  def add(self, text: str, doc_id: int) -> None:
+    if self._in_shard == 0:
+      rel, path = self._run.shard_path(self._name, self._split, len(self.rels))
+      self.rels.append(rel)
+      done = shards_lib.shard_done(path, self._run.sha)
+      self._writer = None if done else shards_lib.ShardWriter(
+          path, self._run.tokenizer_path, self._run.sha, self._run.dtype)
+    self.docs += 1
+    self._in_shard += 1
+    if self._writer is not None:
+      self._batch.append((text, doc_id))
+      if len(self._batch) >= _ENCODE_BATCH:
+        self._writer.add(self._batch)
+        self._batch = []
+    if self._in_shard == self._per:
+      self._close_shard()
+
+  def _close_shard(self) -> None:
+    if self._writer is not None:
+      self._writer.add(self._batch)
+      self.written.append(self._writer.close())
+      self._paths.append(self._writer.path)
+    self._run.tick()
+    self._batch, self._writer, self._in_shard = [], None, 0
+
+  def finish(self) -> list[int]:
+    """Closes the last, partial shard; returns the tokens of each shard written now."""
+    if self._in_shard:
+      self._close_shard()
+    return self.written
+
+  def abort(self) -> None:
+    """Removes what this pass wrote (the source is redone by planning it)."""
+    if self._writer is not None:
+      self._writer.abandon()
+    self._writer = None
+    for path in self._paths:  # the summary first: a kill in between leaves no "done" shard
+      for ext in (".json", ".array_record"):
+        os.remove(path + ext)
+
+
+def _write_planned(plan, offset, per, run: _Run):
+  """A planned source's shards, in this process (the index path of an ordered source)."""
+  lay, tokens = {}, []
+  for split in ("train", "heldout"):
+    docs = _Shifted(getattr(plan, split), offset)
+    n = len(getattr(plan, split))
+    lay[split] = []
+    for k, a in enumerate(range(0, n, per)):
+      rel, path = run.shard_path(plan.name, split, k)
+      lay[split].append(rel)
+      if not shards_lib.shard_done(path, run.sha):
+        tokens.append(_write_range(path, run.tokenizer_path, run.sha, run.dtype, docs, a,
+                                   min(n, a + per)))
+      run.tick()
+  return lay, len(plan.train) + len(plan.heldout), tokens
+
+
+def _write_range(path, tokenizer_path, sha, dtype, docs, start, stop) -> int:
+  """Writes documents [start, stop) of `docs` (a plan split) as one shard; returns tokens."""
+  w = shards_lib.ShardWriter(path, tokenizer_path, sha, dtype)
+  for a in range(start, stop, _ENCODE_BATCH):
+    w.add([docs[i] for i in range(a, min(stop, a + _ENCODE_BATCH))])
+  return w.close()
+
+
+def _prepare_on_beam(data_config, run: _Run, workers, beam_args):
+  """Plans every source, then Beam writes the missing shards in parallel."""
   plans = pipeline.plan_sources(data_config)
-  _write_errors(out_dir, data_config)
-  cut = _shard_plan(out_dir, plans, tokenizer_path, sha, docs_per_shard, shard_tokens)
+  budget = data_config.get("error_budget", -1)
+  errors = {p.name: sources_lib.cached_index(p.config, budget)[1] for p in plans}
+  cut = _saved_cut(run, [p.name for p in plans])
+  for plan in plans:
+    if plan.name not in cut:
+      cut[plan.name] = _docs_per_shard(
+          run, [plan.train[i][0] for i in range(min(_SAMPLE_DOCS, len(plan.train)))])
+  _save_cut(run, cut)
   tasks, layout = [], {}
   base = _plan_fields(data_config)
   for plan in plans:
-    os.makedirs(os.path.join(out_dir, plan.name), exist_ok=True)
+    run.clean(plan.name)
     lo, hi = pipeline.id_range(plan)
     layout[plan.name] = dict(domain=plan.config["domain"], train=[], heldout=[],
                              doc_id_range=[lo, hi])
@@ -102,39 +324,17 @@ def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
     for split in ("train", "heldout"):
       n = len(getattr(plan, split))
       for k, a in enumerate(range(0, n, per)):
-        rel = os.path.join(plan.name, f"{split}-{k:05d}")
+        rel, path = run.shard_path(plan.name, split, k)
         layout[plan.name][split].append(rel)
-        tasks.append(_Task(os.path.join(out_dir, rel), tokenizer_path, sha, dtype,
+        tasks.append(_Task(path, run.tokenizer_path, run.sha, run.dtype,
                            dict(plan.config), base, lo, split, a, min(n, a + per)))
   todo = [t for t in tasks if not _done(t)]
-  for name in layout:  # half-written files of a killed run; their shards are redone
-    for f in os.listdir(os.path.join(out_dir, name)):
-      if ".tmp" in f:
-        os.remove(os.path.join(out_dir, name, f))
-  t0 = time.time()
-  bar = None
-  if progress:
-    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="prepare", unit="shard")
-  if not todo:
-    pass
-  elif workers == 1 and not beam_args:
-    local = {p.name: p for p in plans}
-    for t in todo:
-      _write_shard(t, getattr(local[t.source["name"]], t.split))
-      bar and bar.update(1)
-  else:
-    _run_beam(todo, workers, beam_args or (), bar)
-  bar and bar.close()
-  manifest = _manifest(out_dir, layout, tokenizer_path, sha, vocab, dtype)
-  written = [_read_json(t.path + ".json") for t in todo]
-  manifest["last_run"] = dict(shards_written=len(todo), tokens=sum(m["tokens"] for m in written),
-                              seconds=round(time.time() - t0, 2))
-  tmp = old + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(manifest, f, indent=2)
-  os.replace(tmp, old)
-  return manifest
+  if run.bar is not None:
+    run.bar.total = len(tasks)
+    run.bar.update(len(tasks) - len(todo))
+  if todo:
+    _run_beam(todo, workers, beam_args, run.bar)
+  return layout, errors, [shards_lib.read_json(t.path + ".json")["tokens"] for t in todo]
 
 
 def _plan_fields(data_config) -> dict:
@@ -143,59 +343,41 @@ def _plan_fields(data_config) -> dict:
   return {k: v for k, v in d.items() if k not in ("sources", "schedule")}
 
 
-def _shard_plan(out_dir, plans, tokenizer_path, sha, docs_per_shard, shard_tokens) -> dict:
-  """Documents per shard for each source, fixed at the first run (so a rerun
-  with other defaults still completes the same cut)."""
-  path = os.path.join(out_dir, PLAN)
+def _saved_cut(run: _Run, names) -> dict:
+  """Documents per shard for each source as fixed by the first run (so a rerun
+  with other defaults still completes the same cut); {} if none or stale."""
+  path = os.path.join(run.out_dir, PLAN)
   if os.path.exists(path):
-    saved = _read_json(path)
-    if saved["tokenizer_sha256"] == sha and set(saved["docs_per_shard"]) == {p.name for p in plans}:
-      return saved["docs_per_shard"]
-  sp = tokenizer_lib.load(tokenizer_path)
-  cut = {}
-  for plan in plans:
-    if docs_per_shard:
-      cut[plan.name] = int(docs_per_shard)
-      continue
-    sample = [plan.train[i][0] for i in range(min(_SAMPLE_DOCS, len(plan.train)))]
-    per_doc = max(1.0, sum(len(x) for x in sp.encode(sample)) / max(1, len(sample)))
-    cut[plan.name] = max(1, int(shard_tokens / per_doc))
+    saved = shards_lib.read_json(path)
+    if saved["tokenizer_sha256"] == run.sha and set(saved["docs_per_shard"]) == set(names):
+      return dict(saved["docs_per_shard"])
+  return {}
+
+
+def _save_cut(run: _Run, cut: dict) -> None:
+  path = os.path.join(run.out_dir, PLAN)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(dict(tokenizer_sha256=sha, docs_per_shard=cut), f, indent=2)
+    json.dump(dict(tokenizer_sha256=run.sha, docs_per_shard=cut), f, indent=2)
   os.replace(tmp, path)
-  return cut
+
+
+def _docs_per_shard(run: _Run, sample: list[str]) -> int:
+  """docs_per_shard if given, else shard_tokens over the sample's mean tokens per document."""
+  if run.docs_per_shard:
+    return int(run.docs_per_shard)
+  sp = tokenizer_lib.load(run.tokenizer_path)
+  per_doc = max(1.0, sum(len(x) for x in sp.encode(sample)) / max(1, len(sample)))
+  return max(1, int(run.shard_tokens / per_doc))
 
 
 def _done(t: _Task) -> bool:
-  try:
-    return _read_json(t.path + ".json")["tokenizer_sha256"] == t.tokenizer_sha
-  except (OSError, ValueError, KeyError):
-    return False
+  return shards_lib.shard_done(t.path, t.tokenizer_sha)
 
 
 def _write_shard(t: _Task, docs) -> int:
   """Writes documents [t.start, t.stop) of `docs` (a plan split); returns tokens."""
-  from array_record.python import array_record_module as arm  # pylint: disable=g-import-not-at-top
-  sp = tokenizer_lib.load(t.tokenizer_path)
-  tmp = f"{t.path}.array_record.tmp{os.getpid()}"
-  # group_size:1 = every record separately addressable (fast random access).
-  w = arm.ArrayRecordWriter(tmp, "group_size:1")
-  n_tok = 0
-  # Documents stream through in batches: a shard of 16M tokens never sits in
-  # memory as Python lists (36 bytes a token), only one batch does.
-  for a in range(t.start, t.stop, _ENCODE_BATCH):
-    items = [docs[i] for i in range(a, min(t.stop, a + _ENCODE_BATCH))]
-    for (_, doc_id), toks in zip(items, sp.encode([text for text, _ in items])):
-      w.write(shards_lib.encode_record(doc_id, toks, t.dtype))
-      n_tok += len(toks)
-  w.close()
-  os.replace(tmp, t.path + ".array_record")
-  # The summary marks the shard done (written last); ids live in the records.
-  with open(t.path + ".json.tmp", "w") as f:
-    json.dump(dict(tokenizer_sha256=t.tokenizer_sha, docs=len(items), tokens=n_tok), f)
-  os.replace(t.path + ".json.tmp", t.path + ".json")
-  return n_tok
+  return _write_range(t.path, t.tokenizer_path, t.tokenizer_sha, t.dtype, docs, t.start, t.stop)
 
 
 @functools.lru_cache(maxsize=2)
@@ -231,7 +413,7 @@ def _beam_write(t: _Task) -> str:
 
 def _run_beam(todo: list[_Task], workers: int, beam_args, bar) -> None:
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
-  options, runner = pipeline_options(beam_args, workers)
+  options, runner = beam_lib.pipeline_options(beam_args, workers)
   # Workers of the local runner are fresh interpreters: they must find maxlm.
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -259,60 +441,6 @@ def _run_beam(todo: list[_Task], workers: int, beam_args, bar) -> None:
   missing = [t.path for t in todo if not _done(t)]
   if missing:
     raise RuntimeError(f"prepare: {len(missing)} shards were not written, e.g. {missing[0]}")
-
-
-def pipeline_options(beam_args, num_workers: int = 0):
-  """Options and runner, as maxlm.curate.pipeline.pipeline_options: without
-  --runner, the FnApiRunner in multi_processing mode, one process per core."""
-  from apache_beam.options.pipeline_options import (  # pylint: disable=g-import-not-at-top
-      DirectOptions, PipelineOptions, StandardOptions)
-  options = PipelineOptions(list(beam_args))
-  runner = options.view_as(StandardOptions).runner
-  if runner in (None, "DirectRunner", "FnApiRunner"):
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner  # pylint: disable=g-import-not-at-top
-    direct = options.view_as(DirectOptions)
-    if "--direct_running_mode" not in " ".join(beam_args):
-      direct.direct_running_mode = "multi_processing"
-    if not direct.direct_num_workers:
-      direct.direct_num_workers = num_workers or os.cpu_count() or 1
-    return options, FnApiRunner()
-  return options, None
-
-
-def _read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
-
-
-def _manifest(out_dir, layout, tokenizer_path, sha, vocab, dtype) -> dict:
-  sources, domains = {}, {}
-  for name, lay in layout.items():
-    entry = dict(domain=lay["domain"], doc_id_range=lay["doc_id_range"])
-    for split in ("train", "heldout"):
-      metas = [_read_json(os.path.join(out_dir, rel + ".json")) for rel in lay[split]]
-      entry[split] = dict(shards=[rel + ".array_record" for rel in lay[split]],
-                          shard_docs=[m["docs"] for m in metas],
-                          shard_tokens=[m["tokens"] for m in metas],
-                          docs=sum(m["docs"] for m in metas),
-                          tokens=sum(m["tokens"] for m in metas))
-    sources[name] = entry
-    domains[lay["domain"]] = domains.get(lay["domain"], 0) + entry["train"]["tokens"]
-  return dict(tokenizer_sha256=sha, tokenizer_path=os.path.abspath(tokenizer_path),
-              vocab_size=vocab, dtype=dtype, sources=sources, train_tokens_per_domain=domains)
-
-
-def _write_errors(out_dir: str, data_config) -> None:
-  """Bad input met while reading the sources, kept for the training run's
-  report (training from shards never reads the raw files)."""
-  from maxlm.data import sources as sources_lib  # pylint: disable=g-import-not-at-top
-  out = {}
-  for s in config_lib.iter_sources(data_config):
-    _, errors = sources_lib.cached_documents(s, data_config.get("error_budget", -1))
-    out[s["name"]] = dict(total=errors.total, report=errors.report())
-  tmp = os.path.join(out_dir, shards_lib.ERRORS + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(out, f, indent=2)
-  os.replace(tmp, os.path.join(out_dir, shards_lib.ERRORS))
 
 
 # Kept importable from here (older callers): the reader lives in shards.py.

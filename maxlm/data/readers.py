@@ -27,6 +27,7 @@ bad line is counted and listed (not a few examples). Kinds:
   empty_document        text empty after stripping whitespace
   html_no_text          HTML (or a WARC page) without main text
   unknown_format        a suffix no reader is registered for
+  wrong_type, unknown_role, no_response   instruction records (maxlm.data.instruct)
 
 A Record's `span` is (byte offset, length) of its bytes in an uncompressed local
 file, so the raw training path can re-read one document with os.pread instead of
@@ -387,6 +388,30 @@ def read_jsonl(path: str, errors: ErrorLog, *, text_field: str = "text") -> Iter
       continue
     del rec[text_field]
     yield Record(text, n, rec, (offset, len(raw)) if plain else None, "json")
+
+
+@file_format("instruct_jsonl", ())  # no suffix: chosen by the 'instruct' source kind only
+def read_instruct_jsonl(path: str, errors: ErrorLog, *, text_field: str = "text") -> Iterator[Record]:
+  """Instruction records (maxlm.data.instruct), one per line; the record's text is its whole
+  JSON line (re-parsed when tokenized), its field 'form' says messages or prompt_response.
+  Bad records are counted by maxlm.data.instruct.check_record's kind, naming the field."""
+  del text_field
+  from maxlm.data import instruct  # pylint: disable=g-import-not-at-top
+  plain = is_plain_local(path) if "://" not in path and os.path.isfile(path) else False
+  for n, offset, raw in _lines(path, errors):
+    if not raw.strip():
+      continue
+    line = decode(raw, path, errors, n)
+    try:
+      rec = json.loads(line)
+    except json.JSONDecodeError as e:
+      errors.add(path, "malformed_jsonl", n, str(e))
+      continue
+    form, kind, detail = instruct.check_record(rec)
+    if kind:
+      errors.add(path, kind, n, detail)
+      continue
+    yield Record(line, n, {"form": form}, (offset, len(raw)) if plain else None, "text")
 
 
 def _whole(path: str, errors: ErrorLog) -> tuple[bytes, bool] | None:

@@ -1,8 +1,9 @@
-"""Reading tokenize-once shards: the manifest, one source's split, a record.
+"""Tokenize-once shards: the record format, the shard writer, the manifest and
+one source's split for reading.
 
-`python -m maxlm.data.prepare` writes them; the training pipeline reads them.
-Both import this module (and only this one) for the format, so the writer
-and the reader can never disagree about it.
+`python -m maxlm.data.prepare` writes them (through ShardWriter); the training
+pipeline reads them. Both import this module (and only this one) for the
+format, so the writer and the reader can never disagree about it.
 
 Layout of a prepared directory:
   manifest.json        tokenizer sha256, dtype, vocab size; per source: domain,
@@ -40,14 +41,124 @@ MANIFEST = "manifest.json"
 ERRORS = "errors.json"
 
 
+def token_dtype(vocab_size: int) -> str:
+  """uint16 while every id fits (half the bytes), else uint32; little-endian."""
+  return "<u2" if vocab_size <= 1 << 16 else "<u4"
+
+
 def encode_record(doc_id: int, tokens, dtype: str) -> bytes:
   return HEADER.pack(int(doc_id)) + np.asarray(tokens, dtype).tobytes()
+
+
+class ShardWriter:
+  """Writes one shard: records to a temporary file, renamed when closed, then
+  its summary <path>.json (the "done" marker a resumed prepare looks for).
+
+  Documents go through in batches (`add`): a shard of 16M tokens never sits
+  in memory as Python lists (36 bytes a token), only one batch does.
+
+  Why not array_record's own Beam sink (array_record.beam.WriteToArrayRecord,
+  0.8.x): it is a FileBasedSink that spreads one PCollection over N files in
+  no set order and finalises them all at the end, so (a) a shard cannot be a
+  fixed run of documents with known ids (the manifest's per-shard document
+  and token counts, prepare's cut identical to training from raw text),
+  (b) a killed run keeps nothing (here each shard is renamed into place and
+  marked done alone, and a rerun writes only the missing ones), and (c) its
+  docstring says it does not work with non-disk writes. Both pipelines call
+  this writer from their own DoFn (prepare's shard tasks, curate's grouped shards).
+  """
+
+  def __init__(self, path: str, tokenizer_path: str, tokenizer_sha: str, dtype: str):
+    from array_record.python import array_record_module as arm  # pylint: disable=g-import-not-at-top
+    self.path, self._sha, self._dtype = path, tokenizer_sha, dtype
+    self._sp = tokenizer_lib.load(tokenizer_path)
+    self._tmp = f"{path}.array_record.tmp{os.getpid()}"
+    # group_size:1 = every record separately addressable (fast random access).
+    self._w = arm.ArrayRecordWriter(self._tmp, "group_size:1")
+    self.docs = self.tokens = 0
+    self._ids = (0, 0)  # [lo, hi) of the doc ids written
+
+  def add(self, items) -> None:
+    """items: [(text, doc_id)], tokenized in one batch call."""
+    for (_, doc_id), toks in zip(items, self._sp.encode([text for text, _ in items])):
+      self.add_tokens(doc_id, toks)
+
+  def add_tokens(self, doc_id: int, toks) -> None:
+    """One document already tokenized (with this writer's tokenizer)."""
+    self._w.write(encode_record(doc_id, toks, self._dtype))
+    self.docs += 1
+    self.tokens += len(toks)
+    lo, hi = self._ids
+    self._ids = (min(lo, doc_id), max(hi, doc_id + 1)) if self.docs > 1 else (doc_id, doc_id + 1)
+
+  def abandon(self) -> None:
+    """Closes and removes the temporary file: nothing of this shard is kept."""
+    self._w.close()
+    os.remove(self._tmp)
+
+  def close(self) -> int:
+    """Renames the records into place, then writes the summary; returns tokens."""
+    self._w.close()
+    os.replace(self._tmp, self.path + ".array_record")
+    with open(self.path + ".json.tmp", "w") as f:
+      json.dump(dict(tokenizer_sha256=self._sha, docs=self.docs, tokens=self.tokens,
+                     doc_id_range=list(self._ids)), f)
+    os.replace(self.path + ".json.tmp", self.path + ".json")
+    return self.tokens
+
+
+def shard_done(path: str, tokenizer_sha: str) -> bool:
+  """True when the shard at `path` (no extension) was finished with this tokenizer."""
+  try:
+    with open(path + ".json") as f:
+      return json.load(f)["tokenizer_sha256"] == tokenizer_sha
+  except (OSError, ValueError, KeyError):
+    return False
 
 
 def decode_record(record: bytes, dtype: str) -> tuple[int, np.ndarray]:
   """(doc_id, tokens) of one record."""
   (doc_id,) = HEADER.unpack_from(record)
   return doc_id, np.frombuffer(record, dtype, offset=HEADER.size)
+
+
+def build_manifest(out_dir, layout, tokenizer_path, sha, vocab, dtype) -> dict:
+  """The manifest of finished shards. layout: {source: {"domain", "doc_id_range",
+  "train": [shard paths relative to out_dir, no extension], "heldout": [...]}}."""
+  sources, domains = {}, {}
+  for name, lay in layout.items():
+    entry = dict(domain=lay["domain"], doc_id_range=lay["doc_id_range"])
+    for split in ("train", "heldout"):
+      metas = [read_json(os.path.join(out_dir, rel + ".json")) for rel in lay[split]]
+      entry[split] = dict(shards=[rel + ".array_record" for rel in lay[split]],
+                          shard_docs=[m["docs"] for m in metas],
+                          shard_tokens=[m["tokens"] for m in metas],
+                          docs=sum(m["docs"] for m in metas),
+                          tokens=sum(m["tokens"] for m in metas))
+    sources[name] = entry
+    domains[lay["domain"]] = domains.get(lay["domain"], 0) + entry["train"]["tokens"]
+  return dict(tokenizer_sha256=sha, tokenizer_path=os.path.abspath(tokenizer_path),
+              vocab_size=vocab, dtype=dtype, sources=sources, train_tokens_per_domain=domains)
+
+
+def write_json(path: str, obj) -> None:
+  """Atomically (temporary file, then rename): a reader never sees half a file."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def write_errors(out_dir: str, errors: dict) -> None:
+  """errors.json from {source: ErrorLog}: the bad input met while reading, kept
+  for the training run's report (training from shards never reads the raw files)."""
+  write_json(os.path.join(out_dir, ERRORS),
+             {name: dict(total=log.total, report=log.report()) for name, log in errors.items()})
+
+
+def read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
 
 
 def load_manifest(prepared_dir: str, tokenizer_path: str) -> dict:

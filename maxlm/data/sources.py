@@ -89,17 +89,26 @@ class Kind:
   name: str
   read: Callable[[dict, ErrorLog], Iterator[RawDoc]]
   needs_paths: bool
+  # Documents are instruction records (maxlm.data.instruct), not text: tokenized with a
+  # response-only mask, never cut into pieces, read raw even beside prepared shards.
+  instruct: bool = False
 
 
 KINDS: dict[str, Kind] = {}
 
 
-def source_kind(name: str, *, needs_paths: bool = False):
+def source_kind(name: str, *, needs_paths: bool = False, instruct: bool = False):
   """Registers `fn(src, errors) -> Iterator[RawDoc]` as data.sources.<x>.kind=name."""
   def register(fn):
-    KINDS[name] = Kind(name, fn, needs_paths)
+    KINDS[name] = Kind(name, fn, needs_paths, instruct)
     return fn
   return register
+
+
+def is_instruct(src: dict) -> bool:
+  """True for a source of instruction records (see Kind.instruct)."""
+  kind = KINDS.get(src.get("kind"))
+  return bool(kind and kind.instruct)
 
 
 # ---------------------------------------------------------------------------
@@ -155,12 +164,19 @@ def build_index(src: dict, errors: ErrorLog | None = None) -> doc_index.DocIndex
                              src.get("max_doc_chars", 0))
   field = src.get("order_by", "")
   field = "" if field in _BUILTIN_ORDERS else field
+  first_messages = None
   for doc, pieces in _pieces(src, errors):
     value = doc.meta.get(field) if field else None
     value = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
     index.add(doc.rel, doc.line, pieces, text=doc.text, path=doc.path, span=doc.span,
               span_kind=doc.span_kind, order_value=value)
-  return index.finish()
+    if first_messages is None and doc.meta.get("form") == "messages":
+      first_messages = f"{doc.path}:{doc.line}"
+  index = index.finish()
+  # Where the source's first chat record is ("path:line", None: none), so a tokenizer
+  # without a chat template is refused before training (maxlm.data.instruct.check_tokenizer).
+  index.first_messages = first_messages
+  return index
 
 
 def cached_index(src: dict, budget: int = -1) -> tuple[doc_index.DocIndex, ErrorLog]:
@@ -379,6 +395,15 @@ def _python_docs(src: dict, errors: ErrorLog) -> Iterator[RawDoc]:
     yield RawDoc(name, None, topics.topics[name], {"path": f"pydoc_data/{name}"})
 
 
+@source_kind("seqio")
+def _seqio(src: dict, errors: ErrorLog) -> Iterator[RawDoc]:
+  """A registered seqio Task or Mixture's source text (maxlm.data.seqio_source; the
+  optional seqio extra, imported only here)."""
+  from maxlm.data import seqio_source  # pylint: disable=g-import-not-at-top
+  for rel, n, text in seqio_source.read(src, errors):
+    yield RawDoc(rel, n, text, {})
+
+
 def _file_kind(fmt: str, keyed_by_line: bool):
   """A source kind reading files of one readers format."""
   def read(src: dict, errors: ErrorLog) -> Iterator[RawDoc]:
@@ -393,6 +418,16 @@ def _file_kind(fmt: str, keyed_by_line: bool):
                      span=rec.span, span_kind=rec.span_kind)
   read.__doc__ = f"Files read by maxlm.data.readers format {fmt!r}."
   return read
+
+
+@source_kind("instruct", needs_paths=True, instruct=True)
+def _instruct(src: dict, errors: ErrorLog) -> Iterator[RawDoc]:
+  """JSONL instruction records, `messages` or `prompt` / `response` (maxlm.data.instruct):
+  one document per line, its text the JSON line."""
+  for path, rel in _expand(src):
+    for rec in readers.read_file(path, errors, fmt="instruct_jsonl"):
+      yield RawDoc(rel, rec.line, rec.text, dict(rec.fields, path=path, line=rec.line),
+                   path=path, span=rec.span, span_kind=rec.span_kind)
 
 
 # One document per file; per line (JSONL), per row (Parquet) or per record (ArrayRecord).

@@ -29,6 +29,7 @@ import os
 import sentencepiece as spm
 
 from maxlm.data import config as config_lib
+from maxlm.data import instruct
 from maxlm.data import sources as sources_lib
 from maxlm.data.tokenizer_io import Tokenizer, load, special_ids, tokenizer_hash  # noqa: F401
 
@@ -129,10 +130,11 @@ def training_sample(data_config) -> list[str]:
     budget = data_config.tokenizer.train_chars * s["weight"] / total_w
     docs, _ = sources_lib.cached_documents(s, data_config.get("error_budget", -1))
     train, _ = sources_lib.split_heldout(docs, data_config.heldout_fraction)
+    words = instruct.plain_text if sources_lib.is_instruct(s) else (lambda t: t)  # not JSON
     for d in train.hash_order("tok:"):  # keys only: texts are read as the sample takes them
       if budget <= 0:
         break
-      out.append(d.text[:int(budget) + 1])
+      out.append(words(d.text)[:int(budget) + 1])
       budget -= len(out[-1])
   return out
 
@@ -174,7 +176,8 @@ def compression_report(data_config, tokenizer_path: str,
   for s in config_lib.iter_sources(data_config):
     docs, _ = sources_lib.cached_documents(s, data_config.get("error_budget", -1))
     train, held = sources_lib.split_heldout(docs, data_config.heldout_fraction)
-    by_domain[s["domain"]].extend(d.text for d in (held or train[:1]))
+    words = instruct.plain_text if sources_lib.is_instruct(s) else (lambda t: t)
+    by_domain[s["domain"]].extend(words(d.text) for d in (held or train[:1]))
   byte_ids = {tok.piece_to_id(f"<0x{b:02X}>") for b in range(256)} - {None}
   for dom in domains:
     texts, chars = [], 0

@@ -166,6 +166,16 @@ class Tokenizer:
       return list(self.sp.encode(text))
     return list(self._hf.encode(text, add_special_tokens=False).ids)
 
+  def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """(ids of `text` as encode gives them, [start, end) characters of each id in `text`),
+    so a character span (an assistant turn: maxlm.data.instruct) maps to its tokens."""
+    if self.sp is not None:
+      # Character offsets; the byte pieces of one character are (c, c) ... (c, c + 1).
+      out = self.sp.encode(text, return_type="offset_mapping")
+      return list(out["ids"]), [tuple(o) for o in out["offsets"]]
+    enc = self._hf.encode(text, add_special_tokens=False)
+    return list(enc.ids), [tuple(o) for o in enc.offsets]
+
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     if self.sp is not None:
       return [list(x) for x in self.sp.encode(list(texts))]

@@ -63,11 +63,13 @@ def load_teacher(path: str, *, mesh, rules, student_vocab: int, tokenizer_path: 
     cfg = ModelConfig.from_any({**raw["model"], **overrides})
     _check_tokenizer(rundir.tokenizer_path(path), tokenizer_path, path)
     abstract = _abstract_params(cfg, mesh, rules)
+    # A bare params/ export counts as a teacher even without done.json (a model exported
+    # by hand, not a finished run): looser than rundir.params_source on purpose.
     if os.path.isdir(os.path.join(path, rundir.PARAMS)):
       params = checkpoint_lib.load_params(os.path.join(path, rundir.PARAMS), abstract)
     else:
       try:
-        source, _ = rundir.params_source(path)
+        source, _, _ = rundir.params_source(path)
       except FileNotFoundError:
         raise FileNotFoundError(f"distill.teacher={path!r} has neither params/ nor committed"
                                 " checkpoints/") from None

@@ -10,10 +10,17 @@ params in memory, so nothing is exported. Results become
 which the loop writes to metrics.jsonl and TensorBoard; `harness.png` in the
 workdir plots them over steps. The loop keeps hook time out of throughput.
 
-Multi-host: the params are a global array, so every host runs the same
-requests in lockstep (each jitted forward is one SPMD program); splitting the
-requests across hosts needs the scorer to assemble global batches and is not
-done yet.
+Multi-host: the params are a global array, so every jitted forward is one
+SPMD program all processes enter. lm-eval runs whole on every process (same
+requests, same order); the scorer (maxlm.eval.scoring.score_continuations)
+cuts the sorted requests into global batches of `batch_size` rows per
+process, each process's devices run their slice, and the results are
+all-gathered, so every process gets the full list and lm-eval's metrics are
+the same everywhere; only process 0 writes and plots them.
+(tests/test_eval_multihost.py: two processes equal one, each ran half.)
+`generate_until` tasks are not split (each process decodes all in lockstep).
+
+`progress` prints '[k/n] requests; elapsed, ETA' lines on stderr (process 0).
 """
 
 from __future__ import annotations
@@ -71,7 +78,7 @@ class HarnessEvaluator:
   """`fn(step, state) -> metrics` for the loop's Hook."""
 
   def __init__(self, harness_cfg, *, model_config, tokenizer, max_length: int,
-               workdir: str | None = None, plot: bool = True):
+               workdir: str | None = None, plot: bool = True, progress: bool = False):
     from lm_eval.tasks import TaskManager  # pylint: disable=g-import-not-at-top
     self.tasks, include = resolve_tasks(harness_cfg.get("tasks", ()))
     if not self.tasks:
@@ -85,11 +92,14 @@ class HarnessEvaluator:
     self.model_config, self.tokenizer, self.max_length = model_config, tokenizer, max_length
     self.plot_path = os.path.join(workdir, "harness.png") if (workdir and plot) else None
     self.history: list[dict] = []
+    self.progress = progress
+    self.last_stats: dict = {}  # rows / calls this process scored in the last call
 
   def __call__(self, step: int, state) -> dict:
     import lm_eval  # pylint: disable=g-import-not-at-top
     lm = MaxlmLM(model=(self.model_config, state["params"], self.tokenizer),
-                 batch_size=int(self.cfg.get("batch_size", 8)), max_length=self.max_length)
+                 batch_size=int(self.cfg.get("batch_size", 8)), max_length=self.max_length,
+                 progress=self.progress, progress_lines=4)
     limit = self.cfg.get("limit")
     res = lm_eval.simple_evaluate(
         model=lm, tasks=list(self.tasks), task_manager=self.task_manager,
@@ -97,6 +107,7 @@ class HarnessEvaluator:
         limit=limit if limit else None,
         bootstrap_iters=0,  # no stderr: a training curve needs the value, not a bootstrap
         log_samples=False, random_seed=0, numpy_random_seed=0, fewshot_random_seed=0)
+    self.last_stats = dict(lm.stats)
     metrics = harness_metrics(res or {})
     self.history.append(dict(step=int(step), **metrics))
     if self.plot_path:

@@ -17,6 +17,18 @@ whitespace moves into the continuation; context + continuation are encoded
 together and the continuation is the tail, so a continuation that starts
 mid-word, with a newline or with a space gets the ids the hf model gives it.
 Rolling windows are lm-eval's too (scoring.rolling_windows).
+
+Multi-host (the in-training hook, params a global array): lm-eval runs whole
+on every process with the same requests (it sees one rank), and
+scoring.score_continuations gives each process's devices their share of each
+batch and all-gathers the results, so lm-eval's metrics are computed from the
+full, identical result list on every process (process 0 writes them).
+`generate_until` is not split: every process decodes every request in
+lockstep. `stats` counts the rows this process ran (`rows`, `calls`).
+
+`progress=True` (a model arg; on by default in `python -m maxlm.eval.harness`,
+off in the library) prints '[k/n] requests; elapsed, ETA' lines on stderr
+per request type (maxlm/eval/progress.py).
 """
 
 from __future__ import annotations
@@ -25,7 +37,12 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from maxlm import generate as generate_lib
+from maxlm.eval import progress as progress_lib
 from maxlm.eval import scoring
+
+
+# `python -m maxlm.eval.harness` turns this on before lm-eval builds the model.
+PROGRESS_DEFAULT = False
 
 
 @register_model("maxlm")
@@ -34,7 +51,8 @@ class MaxlmLM(LM):
 
   def __init__(self, pretrained: str | None = None, batch_size: int | str = 8,
                max_length: int | None = None, step: int | None = None, add_bos: bool = True,
-               model=None, **kwargs):
+               model=None, progress: bool | str | None = None, progress_lines: int = 10,
+               **kwargs):
     """`model=(ModelConfig, params, tokenizer)` skips loading (tests, in-training eval)."""
     super().__init__()
     del kwargs  # lm-eval passes device, max_batch_size, ...: one process, jax picks devices
@@ -47,13 +65,22 @@ class MaxlmLM(LM):
     self.cfg, self.params, self.tok = model
     self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
     self.max_length = int(max_length or 2048)
-    self.add_bos = add_bos if isinstance(add_bos, bool) else str(add_bos).lower() == "true"
+    self.add_bos = _flag(add_bos)
+    self.progress = PROGRESS_DEFAULT if progress is None else _flag(progress)
+    self.progress_lines = int(progress_lines)
+    self.stats: dict = {}  # rows / calls this process ran (scoring.score_continuations)
     if self.tok.bos_id is None and self.tok.eos_id is None:
       # Empty contexts and rolling windows are conditioned on BOS, else EOS.
       raise ValueError(f"tokenizer {getattr(self.tok, 'path', '')} has neither a BOS nor an"
                        " EOS id: nothing to condition a first token on")
 
   # ------------------------------------------------------------------ helpers
+  def _progress(self, total: int, what: str, unit: str):
+    if not (self.progress and total > 0):
+      return None
+    return progress_lib.EvalProgress(total, desc=f"harness {what}", unit=unit,
+                                     lines=self.progress_lines)
+
   def _prefix(self) -> list[int]:
     return [self.tok.bos_id] if self.add_bos and self.tok.bos_id is not None else []
 
@@ -73,7 +100,9 @@ class MaxlmLM(LM):
     pairs = [self.encode_pair(*r.args) for r in requests]
     scores = scoring.score_continuations(self.cfg, self.params, pairs,
                                          batch_size=self.batch_size, max_len=self.max_length,
-                                         truncate=True)
+                                         truncate=True, stats=self.stats,
+                                         progress=self._progress(len(pairs), "loglikelihood",
+                                                                 "requests"))
     out = []
     for r, s in zip(requests, scores):
       out.append((s.total, s.greedy))
@@ -88,9 +117,13 @@ class MaxlmLM(LM):
       for w in scoring.rolling_windows(ids, self.max_length, prefix):
         windows.append(w)
         owner.append(i)
+    # Counted in windows (what is scored); a long text is several.
     scores = scoring.score_continuations(self.cfg, self.params, windows,
                                          batch_size=self.batch_size, max_len=self.max_length,
-                                         with_ranks=False)
+                                         with_ranks=False, stats=self.stats,
+                                         progress=self._progress(len(windows),
+                                                                 "loglikelihood_rolling",
+                                                                 "windows"))
     totals = [0.0] * len(requests)
     for i, s in zip(owner, scores):
       totals[i] += s.total
@@ -100,6 +133,7 @@ class MaxlmLM(LM):
 
   def generate_until(self, requests) -> list[str]:
     out = [None] * len(requests)
+    progress = self._progress(len(requests), "generate_until", "requests")
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(requests):
       kw = dict(r.args[1]) if len(r.args) > 1 and r.args[1] else {}
@@ -131,7 +165,14 @@ class MaxlmLM(LM):
               text = text[:text.find(s)]
           out[i] = text
           self.cache_hook.add_partial("generate_until", requests[i].args, text)
+        if progress is not None:
+          progress.update(n=len(chunk))
     return out
+
+
+def _flag(v) -> bool:
+  """A model arg as lm-eval passes it (a string from --model_args) or a bool."""
+  return v if isinstance(v, bool) else str(v).lower() in ("true", "1", "yes")
 
 
 def _freeze(d: dict) -> tuple:

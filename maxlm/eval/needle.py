@@ -84,10 +84,17 @@ def greedy_by_forward(logits_fn: LogitsFn, prompt: np.ndarray, n: int) -> list[i
 
 
 def evaluate(logits_fn: LogitsFn, *, filler_ids, needle_fn, question_ids, lengths, depths,
-             prefix_ids=(), greedy_fn=None, seed: int = 0) -> list[dict]:
-  """Scores every (length, depth). `needle_fn(answer_index)` -> (needle ids, answer ids)."""
+             prefix_ids=(), greedy_fn=None, seed: int = 0, progress: bool = False) -> list[dict]:
+  """Scores every (length, depth). `needle_fn(answer_index)` -> (needle ids, answer ids).
+
+  `progress`: '[k/n] cells; elapsed, ETA' lines on stderr (cells cost ~ their length).
+  """
   greedy_fn = greedy_fn or (lambda prompt, n: greedy_by_forward(logits_fn, prompt, n))
   rng = np.random.default_rng(seed)
+  bar = None
+  if progress and lengths and depths:
+    from maxlm.eval.progress import EvalProgress  # pylint: disable=g-import-not-at-top
+    bar = EvalProgress(len(lengths) * len(depths), desc="needle", unit="cells")
   out = []
   for length in lengths:
     for depth in depths:
@@ -98,6 +105,8 @@ def evaluate(logits_fn: LogitsFn, *, filler_ids, needle_fn, question_ids, length
       out.append(dict(length=int(length), depth=float(depth), needle_at=int(at),
                       greedy_correct=got == list(answer_ids), answer_loglik=ll,
                       teacher_forced_correct=tf_correct))
+      if bar is not None:
+        bar.update(n=1)
   return out
 
 
@@ -131,8 +140,12 @@ def heatmap(results: list[dict], path: str, key: str = "greedy_correct", title: 
   return path
 
 
-def run(checkpoint: str, lengths: Sequence[int], depths: Sequence[float], out_dir: str) -> list[dict]:
-  """Loads a maxlm workdir / HF dir, scores it, writes results.json and heatmap.png."""
+def run(checkpoint: str, lengths: Sequence[int], depths: Sequence[float], out_dir: str,
+        progress: bool = True) -> list[dict]:
+  """Loads a maxlm workdir / HF dir, scores it, writes results.json and heatmap.png.
+
+  Progress lines go to stderr while it scores; the summary line (stdout) comes last.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import maxlm  # pylint: disable=g-import-not-at-top
   from maxlm import generate as gen  # pylint: disable=g-import-not-at-top
@@ -150,7 +163,7 @@ def run(checkpoint: str, lengths: Sequence[int], depths: Sequence[float], out_di
   results = evaluate(logits_fn, filler_ids=tok.encode(FILLER), needle_fn=needle_fn,
                      question_ids=tok.encode(QUESTION), lengths=lengths, depths=depths,
                      prefix_ids=[bos] if bos is not None else [],
-                     greedy_fn=greedy)
+                     greedy_fn=greedy, progress=progress)
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
@@ -166,7 +179,8 @@ def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  run(f.checkpoint, [int(x) for x in f.lengths], [float(x) for x in f.depths], f.out)
+  run(f.checkpoint, [int(x) for x in f.lengths], [float(x) for x in f.depths], f.out,
+      progress=f.progress)
 
 
 if __name__ == "__main__":
@@ -175,6 +189,7 @@ if __name__ == "__main__":
   flags.DEFINE_list("lengths", ["128", "256", "512"], "Context lengths in tokens.")
   flags.DEFINE_list("depths", ["0", "0.25", "0.5", "0.75", "1"], "Needle depths in [0, 1].")
   flags.DEFINE_string("out", "needle_out", "Output directory.")
+  flags.DEFINE_boolean("progress", True, "Print '[k/n] cells; ETA' lines on stderr.")
   flags.mark_flags_as_required(["checkpoint"])
   from maxlm import cli  # pylint: disable=g-import-not-at-top
   cli.run(main)  # one-line input errors, quiet library logs

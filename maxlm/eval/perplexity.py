@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from maxlm.eval import progress as progress_lib
 from maxlm.eval import scoring
 
 
@@ -64,11 +65,12 @@ def heldout_metrics(nats: Mapping[str, float], tokens: Mapping[str, float],
 
 
 def score_texts(model_config, params, tokenizer, texts: Sequence[str], *, max_len: int,
-                batch_size: int = 8) -> dict:
+                batch_size: int = 8, progress: bool = False) -> dict:
   """Nats, tokens, bytes, loss, perplexity and BPB of raw texts.
 
   Each text is scored from BOS to its last token in non-overlapping windows
   of `max_len` (scoring.rolling_windows); its bytes are its UTF-8 length.
+  `progress`: '[k/n] windows; elapsed, ETA' lines on stderr (quiet by default: a library call).
   """
   requests = []
   for t in texts:
@@ -76,8 +78,9 @@ def score_texts(model_config, params, tokenizer, texts: Sequence[str], *, max_le
     if ids:
       prefix = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
       requests.extend(scoring.rolling_windows(ids, max_len, prefix))
+  bar = progress_lib.maybe(progress, len(requests), desc="perplexity", unit="windows")
   scores = scoring.score_continuations(model_config, params, requests, batch_size=batch_size,
-                                       max_len=max_len)
+                                       max_len=max_len, progress=bar)
   nats = -sum(s.total for s in scores)
   n_tokens = sum(len(s.logprobs) for s in scores)
   n_bytes = sum(len(t.encode("utf-8")) for t in texts)

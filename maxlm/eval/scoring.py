@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from maxlm.model import ModelConfig, forward
 
@@ -65,7 +68,8 @@ def bucket_length(n: int, min_bucket: int = 32) -> int:
 
 def score_continuations(model_config, params, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
                         *, batch_size: int = 8, max_len: int | None = None,
-                        truncate: bool = False, with_ranks: bool = True) -> list[Score]:
+                        truncate: bool = False, with_ranks: bool = True,
+                        progress=None, stats: dict | None = None) -> list[Score]:
   """Scores (context, continuation) id pairs; results in the order of `requests`.
 
   The model sees context + continuation[:-1] (at most `max_len` tokens). A
@@ -73,16 +77,37 @@ def score_continuations(model_config, params, requests: Sequence[tuple[Sequence[
   lm-eval does). The context must hold at least one token (e.g. BOS).
   `with_ranks=False` skips ranks and greedy (None in the Scores): a sum of
   log-probs needs neither.
-  Every batch is dispatched before any result is read back: the device runs
-  batch k+1 while the host builds batch k+2, with one host sync at the end.
+  Batches are dispatched ahead of the host: batch k is read back only after
+  batch k + _IN_FLIGHT is dispatched, so the device runs while the host builds
+  the next rows, and `progress` (`update(n=rows)`, e.g. a maxlm.monitor
+  Progress) counts requests whose scores are really back.
+
+  Multi-host: when `params` span several processes (a global array, as in
+  training), every process must enter every jitted call, and a process that
+  ran all requests would only repeat the others' work. Each call then takes
+  `batch_size` rows per process: the sorted requests are cut into global
+  batches of batch_size x process_count rows, sharded over the mesh's batch
+  axes, so each process's devices run their contiguous slice (its share);
+  every process runs the same calls (same count, same padded shapes), because
+  every process holds the same request list (lm-eval builds it identically on
+  each). The [B, T] results are all-gathered, so every process returns all
+  Scores in the original order. `stats` (a dict) accumulates `rows` (real
+  requests this process's devices ran), `calls` and `padded_rows`.
   """
   cfg = ModelConfig.from_any(model_config)
   rows = _rows(requests, max_len, truncate)
   # Longest first: the first batch shows at once whether memory suffices.
   rows.sort(key=lambda r: -len(r[1]))
+  place = _Placement.of(params)
+  group, unit = batch_size, 8
+  if place is not None:
+    # batch_size rows per process, rounded to what the batch axes divide.
+    unit = math.lcm(8, place.n_shards)
+    group = -(-batch_size * jax.process_count() // place.n_shards) * place.n_shards
+  out: list[Score | None] = [None] * len(rows)
   pending = []
-  for start in range(0, len(rows), batch_size):
-    chunk = rows[start:start + batch_size]
+  for start in range(0, len(rows), group):
+    chunk = rows[start:start + group]
     longest = max(len(ids) - 1 for _, ids, _ in chunk)
     T = bucket_length(longest)
     if max_len is not None:
@@ -90,26 +115,88 @@ def score_continuations(model_config, params, requests: Sequence[tuple[Sequence[
     # Full batches share one batch size; a partial last batch (the shortest rows)
     # rounds up to a multiple of 8 rather than running up to batch_size - 1 empty
     # rows: one more shape to compile, a smaller forward every call.
-    B = batch_size if len(chunk) == batch_size else min(batch_size, -(-len(chunk) // 8) * 8)
+    B = group if len(chunk) == group else min(group, -(-len(chunk) // unit) * unit)
     inputs = np.zeros((B, T), np.int32)
     targets = np.zeros((B, T), np.int32)
     seg = np.zeros((B, T), np.int32)
     for b, (_, ids, _) in enumerate(chunk):
       n = len(ids) - 1
       inputs[b, :n], targets[b, :n], seg[b, :n] = ids[:-1], ids[1:], 1
+    if place is None:
+      local = len(chunk)
+    else:
+      local = place.local_rows(B, len(chunk))
+      inputs, targets, seg = (place.put(a) for a in (inputs, targets, seg))
+    if stats is not None:
+      stats["rows"] = stats.get("rows", 0) + local
+      stats["calls"] = stats.get("calls", 0) + 1
+      stats["padded_rows"] = stats.get("padded_rows", 0) + B
     pending.append((chunk, _token_stats(cfg, with_ranks, params, inputs, targets, seg)))
-  out: list[Score | None] = [None] * len(rows)
-  for chunk, stats in pending:
-    logp, rank = jax.device_get(stats)
-    for b, (i, ids, c) in enumerate(chunk):
-      n = len(ids) - 1
-      lp = logp[b, n - c:n].astype(np.float64)
-      if rank is None:
-        out[i] = Score(lp, None, None)
-      else:
-        rk = rank[b, n - c:n]
-        out[i] = Score(lp, rk, bool(np.all(rk == 1)))
+    if len(pending) > _IN_FLIGHT:
+      _collect(*pending.pop(0), out, place, progress)
+  for chunk, stats_bt in pending:
+    _collect(chunk, stats_bt, out, place, progress)
   return out
+
+
+_IN_FLIGHT = 2  # batches dispatched ahead of the one being read back
+
+
+def _collect(chunk, stats_bt, out, place, progress) -> None:
+  """Reads one batch's [B, T] log-probs (and ranks) back into per-request Scores."""
+  if place is None:
+    logp, rank = jax.device_get(stats_bt)
+  else:  # every process gets every row (an all-gather), so all return the full list
+    logp, rank = (None if a is None else multihost_utils.process_allgather(a, tiled=True)
+                  for a in stats_bt)
+  for b, (i, ids, c) in enumerate(chunk):
+    n = len(ids) - 1
+    lp = np.asarray(logp[b, n - c:n], np.float64)
+    if rank is None:
+      out[i] = Score(lp, None, None)
+    else:
+      rk = np.asarray(rank[b, n - c:n])
+      out[i] = Score(lp, rk, bool(np.all(rk == 1)))
+  if progress is not None:
+    progress.update(n=len(chunk))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Placement:
+  """Where a global batch goes when the params span processes (None: one process's params)."""
+  sharding: NamedSharding  # [B, T]: B over the mesh's batch axes, T whole
+
+  @classmethod
+  def of(cls, params) -> "_Placement | None":
+    leaves = [x for x in jax.tree.leaves(params) if isinstance(x, jax.Array)]
+    spanning = [x for x in leaves if not x.is_fully_addressable]
+    if not spanning:  # params every process holds whole: each could score alone
+      return None
+    if not isinstance(spanning[0].sharding, NamedSharding):
+      raise ValueError(f"params span processes with a {type(spanning[0].sharding).__name__};"
+                       " multi-host scoring places its batches on the params' NamedSharding mesh")
+    mesh = spanning[0].sharding.mesh
+    # The axes that split the batch in training (maxlm/sharding/mesh.py: data, fsdp); tensor
+    # and context replicate the rows (their devices cooperate on the same rows).
+    axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
+    return cls(NamedSharding(mesh, P(axes if axes else None)))
+
+  @property
+  def n_shards(self) -> int:
+    axes = self.sharding.spec[0] or ()
+    axes = (axes,) if isinstance(axes, str) else axes  # P normalises a 1-tuple to its name
+    return math.prod(self.sharding.mesh.shape[a] for a in axes)
+
+  def put(self, a_bt: np.ndarray) -> jax.Array:
+    # Every process holds the whole batch; each gives its devices only their slice.
+    return jax.make_array_from_callback(a_bt.shape, self.sharding, lambda idx: a_bt[idx])
+
+  def local_rows(self, B: int, n_real: int) -> int:
+    """How many of the first n_real rows of a [B, ...] batch this process's devices hold."""
+    rows = set()
+    for idx in self.sharding.addressable_devices_indices_map((B, 1)).values():
+      rows.update(range(*idx[0].indices(B)))
+    return sum(1 for r in rows if r < n_real)
 
 
 def _rows(requests, max_len: int | None, truncate: bool) -> list[tuple[int, list, int]]:

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 
 import jax
 
@@ -36,6 +35,7 @@ from maxlm import checkpoint as checkpoint_lib
 from maxlm.checkpoint import rundir
 from maxlm.data import tokenizer_io
 from maxlm.interop import hf as hf_lib
+from maxlm.interop import model_dir
 from maxlm.interop import tokenizer_json
 from maxlm.model import ModelConfig, init_params
 
@@ -44,7 +44,6 @@ from maxlm.model import ModelConfig, init_params
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
                    "chat_template.jinja", "chat_template.json", "generation_config.json")
-_MODE = 0o644
 
 
 def load_run(workdir: str, step: int | None = None):
@@ -54,7 +53,7 @@ def load_run(workdir: str, step: int | None = None):
     raise ValueError(f"--workdir={workdir} is a Hugging Face directory already, not a maxlm run")
   run_config = rundir.read_config(workdir)
   cfg = ModelConfig.from_any(run_config["model"])
-  source, kind = rundir.params_source(workdir, step)
+  source, kind, _ = rundir.params_source(workdir, step)
   # An explicit single-device target, so a checkpoint saved on any mesh restores here.
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
@@ -112,15 +111,11 @@ def _max_positions(tok_path: str, run_config: dict) -> int:
 def export_run(workdir: str, out_dir: str, *, step: int | None = None,
                dtype: str = "float32") -> str:
   """Writes the HF directory of `workdir` (at `step`) to out_dir; returns its path."""
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-    raise FileExistsError(f"--out={out_dir} exists and is not empty; export refuses to"
-                          " overwrite a model directory (remove it or pick another)")
+  out_dir = model_dir.refuse_non_empty(
+      out_dir, "export refuses to overwrite a model directory (remove it or pick another)")
   cfg, params, tok_path, run_config = load_run(workdir, step)
   max_positions = _max_positions(tok_path, run_config)
-  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=os.path.dirname(out_dir))
-  try:
+  with model_dir.writing(out_dir) as tmp:
     hf_lib.export_checkpoint(cfg, params, tmp, dtype=dtype, max_position_embeddings=max_positions)
     tok = write_tokenizer(tok_path, tmp, model_max_length=max_positions)
     if tok.vocab_size > cfg.vocab_size:
@@ -136,15 +131,6 @@ def export_run(workdir: str, out_dir: str, *, step: int | None = None,
     with open(path, "w") as f:
       json.dump(hf, f, indent=2, sort_keys=True)
       f.write("\n")
-    for name in os.listdir(tmp):
-      os.chmod(os.path.join(tmp, name), _MODE)
-    os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-    if os.path.isdir(out_dir):
-      os.rmdir(out_dir)  # empty (checked above)
-    os.rename(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return out_dir
 
 

@@ -32,12 +32,12 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 
 from maxlm.data import tokenizer_io
 from maxlm.interop import hf as hf_lib
+from maxlm.interop import model_dir
 from maxlm.interop import tokenizer_json
 from maxlm.model import ModelConfig
 
@@ -133,15 +133,12 @@ def extend_params(cfg: ModelConfig, params: dict, new_ids: list[int], *,
 def extend_hf_dir(parent_dir: str, tokens: list[str], out_dir: str, *,
                   special: bool = False) -> dict[str, int]:
   """Writes the extended model directory (see the module docstring); returns {token: id}."""
-  parent_dir, out_dir = os.path.abspath(parent_dir), os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-    raise FileExistsError(f"--out={out_dir} exists and is not empty; pick a new directory")
+  parent_dir = os.path.abspath(parent_dir)
+  out_dir = model_dir.refuse_non_empty(out_dir, "pick a new directory")
   with open(os.path.join(parent_dir, "config.json")) as f:
     hf_config = json.load(f)
   cfg, params = hf_lib.import_checkpoint(parent_dir)
-  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=os.path.dirname(out_dir))
-  try:
+  with model_dir.writing(out_dir) as tmp:
     old_size, ids = extend_tokenizer(parent_dir, tokens, tmp, special=special)
     new_ids = sorted({i for i in ids.values() if i >= old_size})
     cfg, params = extend_params(cfg, params, new_ids, old_rows=old_size)
@@ -152,15 +149,6 @@ def extend_hf_dir(parent_dir: str, tokens: list[str], out_dir: str, *,
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(hf_config, f, indent=2, sort_keys=True)
       f.write("\n")
-    for name in os.listdir(tmp):
-      os.chmod(os.path.join(tmp, name), 0o644)
-    os.chmod(tmp, 0o755)
-    if os.path.isdir(out_dir):
-      os.rmdir(out_dir)
-    os.rename(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return ids
 
 

@@ -90,5 +90,5 @@ def harness_hook(eval_cfg, *, model_config, tokenizer_path, seq_len: int,
   from maxlm.eval.harness_hook import HarnessEvaluator  # pylint: disable=g-import-not-at-top
   fn = HarnessEvaluator(harness_cfg, model_config=model_config,
                         tokenizer=tokenizer_lib.load(tokenizer_path), max_length=seq_len,
-                        workdir=workdir)
+                        workdir=workdir, progress=True)  # '[k/n] requests; ETA' on stderr, host 0
   return Hook(every=harness_cfg.every, fn=fn, name="harness")

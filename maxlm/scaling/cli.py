@@ -26,7 +26,10 @@ import ast
 import csv
 import importlib.util
 import json
+import math
 import os
+import sys
+
 import numpy as np
 
 from maxlm import cli
@@ -155,6 +158,10 @@ def _fit(args):
     fit3 = chinchilla.fit(t["n"], t["d"], t["loss"], grid=grid, n_boot=args.bootstrap, seed=args.seed,
                           progress=Progress(len(grid) + args.bootstrap, desc="approach 3 fit"))
     out.update(fit3.to_json())
+    warning = implausible_exponents(fit3)
+    if warning:
+      out.setdefault("warnings", []).append(warning)
+      print(f"warning: {warning}", file=sys.stderr, flush=True)
     out["compute_optimal"] = [fit3.compute_optimal(c) for c in args.predict_flops]
     out["predictions"] = []
     for nd in args.predict_nd:
@@ -186,6 +193,25 @@ def _fit(args):
   else:
     _print_human(out)
   return out
+
+
+# Hoffmann et al.'s grid (and every published fit we know of) keeps alpha and beta in
+# [0, 2]; a fit outside it, or with an infinite coefficient, is the optimiser chasing a
+# term the runs cannot see, not a law.
+EXPONENT_RANGE = (0.0, 2.0)
+
+
+def implausible_exponents(fit) -> str | None:
+  """A one-line warning when Approach 3's law is not identified by the runs, else None."""
+  lo, hi = EXPONENT_RANGE
+  bad = [f"{k}={getattr(fit, k):.4g}" for k in ("alpha", "beta")
+         if not (lo < getattr(fit, k) <= hi)]
+  bad += [f"{k}={getattr(fit, k):.4g}" for k in ("A", "B") if not math.isfinite(getattr(fit, k))]
+  if not bad:
+    return None
+  return (f"approach 3 on {fit.n_points} runs: {', '.join(bad)} (exponents outside"
+          f" ({lo:g}, {hi:g}]): the runs do not pin the law (too few, or N and D over too"
+          " narrow a range); add runs over a wider range, or read approach 2")
 
 
 def _print_human(out):

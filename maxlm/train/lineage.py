@@ -117,20 +117,10 @@ def resolve_parent(init_cfg, *, read_hf_model=None) -> Parent | None:
     raise FileNotFoundError(f"init.from_checkpoint={path!r} is neither a maxlm workdir (no"
                             " config.json) nor a Hugging Face checkpoint")
   config = _read_json(cfg_path)
-  params_dir = os.path.join(workdir, "params")
-  done = os.path.join(workdir, "done.json")
-  if step is None and carry == "params" and os.path.isdir(params_dir) and os.path.isfile(done):
-    return Parent(path, "maxlm", carry, params_dir, int(_read_json(done)["step"]), workdir,
-                  config["model"], config)
-  steps = rundir.committed_steps(workdir)
-  if step is None:
-    if not steps:
-      raise FileNotFoundError(f"init.from_checkpoint={path!r} has neither params/ (with"
-                              " done.json) nor checkpoints/<step>/")
-    step = steps[-1]
-  elif step not in steps:
-    raise FileNotFoundError(f"{path} is not a committed checkpoint; {workdir} has {steps}")
-  source = os.path.join(workdir, "checkpoints", str(step), "state")
+  try:
+    source, _, step = rundir.params_source(path, step, prefer_export=carry == "params")
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"init.from_checkpoint: {e}") from None
   return Parent(path, "maxlm", carry, source, step, workdir, config["model"], config)
 
 
