@@ -38,7 +38,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from configs import pretrain  # noqa: E402
 from maxlm.model import ModelConfig, init_params  # noqa: E402
-from maxlm.optim import make_optimizer  # noqa: E402
+import optax  # noqa: E402
+
+from maxlm.optim import make_optimizer, weight_decay_mask  # noqa: E402
 from maxlm.sharding import batch_sharding, make_mesh  # noqa: E402
 from maxlm.train.state import abstract_state, state_shardings  # noqa: E402
 from maxlm.train.step import loss_sums, train_step  # noqa: E402
@@ -59,13 +61,23 @@ def _analysis(compiled, t0) -> dict:
               compile_s=time.perf_counter() - t0)
 
 
+def _plain_optax(sched):
+  """optax's clip + adamw, skipped by a select on its outputs: the step before
+  maxlm/optim/guarded.py (same values, but XLA copies the donated state)."""
+  return optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.adamw(sched, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
+                                 mask=weight_decay_mask))
+
+
 def step_memory(cfg: ModelConfig, rows: int, seq_len: int, *, mesh_shape=(1, 1, 1),
-                rules=pretrain.RULES) -> dict:
+                rules=pretrain.RULES, plain_optax: bool = False) -> dict:
   """Compiled bytes of one train step: temp, argument, output, and compile seconds."""
   devices = jax.devices()[:int(mesh_shape[0] * mesh_shape[1] * mesh_shape[2])]
   mesh = make_mesh(*mesh_shape, devices=devices)
   tx, sched = make_optimizer(peak_lr=1e-4, total_steps=1000,
                              schedule=dict(name="constant", warmup_steps=0))
+  if plain_optax:
+    tx = _plain_optax(sched)
   sh = state_shardings(cfg, tx, mesh, rules)
   state = abstract_state(cfg, tx, 0, sh)
   bsh = batch_sharding(mesh, rules)
@@ -98,6 +110,16 @@ def _loss_rows(a) -> list[dict]:
         f"array = {B * T * V * 4 / GIB:.2f} GiB. Baseline: the preset as configured before "
         f"chunking (remat={base.remat}, attention={base.attention_impl}, loss_chunk=0)", flush=True)
   out = []
+  if a.optax_baseline and "step" in a.scope.split(","):
+    # Today's step before the in-place AdamW: the preset as configured, dense loss, optax's
+    # outputs behind a select (the old train step), compiled in this same run.
+    m = step_memory(dataclasses.replace(base, loss_chunk=0), B, T, plain_optax=True)
+    out.append(dict(what="loss", scope="step", preset=a.preset, rows=B, seq_len=T,
+                    remat=base.remat, attention_impl=base.attention_impl, dtype=base.compute_dtype,
+                    loss_chunk=0, optimizer="optax select", **m))
+    print(f"  step remat={base.remat:9s} attention={base.attention_impl:6s} loss_chunk=    0  temp "
+          f"{m['temp'] / GIB:7.2f} GiB  (optax adamw behind a select: the step before "
+          f"maxlm/optim/guarded.py)", flush=True)
   for scope in a.scope.split(","):
     baseline = None
     for remat in (a.remat or base.remat).split(","):
@@ -143,6 +165,8 @@ def main(argv=None):
   ap.add_argument("--attention", default="", help="attention impls to compare (default: the preset's)")
   ap.add_argument("--scope", default="step,grad", help="step: the whole train step; grad: the "
                   "loss's forward + backward alone (no optimizer update)")
+  ap.add_argument("--optax_baseline", action="store_true", help="also compile the dense step "
+                  "with optax's adamw behind a select (the step before the in-place AdamW)")
   ap.add_argument("--json", default="", help="also write the rows here")
   a = ap.parse_args(argv)
   rows = [r for w in a.what.split(",") for r in ROWS[w](a)]

@@ -31,6 +31,7 @@ WINDOW = 5
 _TINY = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, vocab_size=128,
              num_attention_heads=4, num_key_value_heads=2, head_dim=16)
 _FAMILIES = {
+    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
 }
@@ -76,6 +77,7 @@ _CASES = {
     "mistral_window": ("mistral", dict(sliding_window=WINDOW)),
     "mistral_window_mqa": ("mistral", dict(sliding_window=WINDOW, num_key_value_heads=1)),
     "mistral_no_window": ("mistral", dict(sliding_window=None)),
+    "llama_attention_bias": ("llama", dict(attention_bias=True)),
 }
 
 
@@ -84,7 +86,8 @@ def test_logits_match_transformers(case, tmp_path):
   family, overrides = _CASES[case]
   model = _hf_model(family, **overrides)
   cfg, params = import_checkpoint(_saved(model, tmp_path))
-  assert cfg.qkv_bias == (family == "qwen2")
+  assert cfg.qkv_bias == (family == "qwen2" or bool(overrides.get("attention_bias")))
+  assert cfg.o_bias == bool(overrides.get("attention_bias"))
   assert cfg.sliding_window == (WINDOW if overrides.get("sliding_window") else None)
   tokens = _tokens(T=4 * WINDOW)  # longer than the window: the window changes the logits
   err = _rel_err(maxlm.forward(cfg, params, tokens), _hf_logits(model, tokens))
@@ -211,7 +214,22 @@ def test_qwen2_4x_config_windows_from_max_window_layers():
   assert model_config_from_hf(dict(mixed, use_sliding_window=False)).sliding_window is None
 
 
-@pytest.mark.parametrize("case", ["qwen2_untied", "qwen2_all_layers_windowed", "mistral_window"])
+def test_llama_attention_bias_params_imported_and_matter(tmp_path):
+  """o_proj's bias lands in b_o_d; dropping it moves the logits (the comparison can fail)."""
+  model = _hf_model("llama", attention_bias=True)
+  cfg, params = import_checkpoint(_saved(model, tmp_path))
+  attn = params["layers"]["block"]["attn"]
+  np.testing.assert_array_equal(attn["b_o_d"][1],
+                                model.model.layers[1].self_attn.o_proj.bias.detach().numpy())
+  assert cfg.param_counts()["total"] == sum(p.numel() for p in model.parameters())
+  tokens = _tokens()
+  no_o = jax.tree_util.tree_map(np.asarray, params)
+  no_o["layers"]["block"]["attn"]["b_o_d"] = np.zeros_like(attn["b_o_d"])
+  assert _rel_err(maxlm.forward(cfg, no_o, tokens), _hf_logits(model, tokens)) > 100 * RTOL
+
+
+@pytest.mark.parametrize("case", ["qwen2_untied", "qwen2_all_layers_windowed", "mistral_window",
+                                  "llama_attention_bias"])
 def test_export_loads_as_the_same_family(case, tmp_path):
   """import -> export -> AutoModelForCausalLM: the family class, the same logits."""
   family, overrides = _CASES[case]

@@ -161,7 +161,8 @@ def _hf_dict(**overrides):
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (dict(attention_bias=True), "attention_bias"),
+    (dict(model_type="mistral", architectures=["MistralForCausalLM"], attention_bias=True),
+     "attention_bias"),
     (dict(mlp_bias=True), "mlp_bias"),
     (dict(hidden_act="gelu"), "hidden_act"),
     (dict(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=-1),

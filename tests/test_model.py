@@ -111,3 +111,22 @@ def test_flops_per_token_formula():
   c = CFG.param_counts()
   expected = 6 * (c["non_embedding"] + CFG.vocab_size * CFG.d_model) + 12 * 2 * 4 * 8 * 256
   assert flops_per_token(CFG, 256) == expected
+
+
+@pytest.mark.parametrize("seq_len,window", [(256, 64), (48, 64), (64, 64)])
+def test_flops_per_token_bounds_attention_by_the_sliding_window(seq_len, window):
+  from maxlm.model import flops_per_token
+  from maxlm.model.attention import make_attention_mask
+  cfg = maxlm.ModelConfig(**{**CFG.__dict__, "rope_scaling": None, "sliding_window": window})
+  c = cfg.param_counts()
+  # By hand: L=2, N=4, H=8; keys per query = the window when the sequence is longer.
+  keys = 64 if seq_len > window else seq_len
+  expected = 6 * (c["non_embedding"] + cfg.vocab_size * cfg.d_model) + 12 * 2 * 4 * 8 * keys
+  assert flops_per_token(cfg, seq_len) == expected
+  # The count is the most keys any query sees under the attention's own mask.
+  seg = jnp.ones((1, seq_len), jnp.int32)
+  mask = np.asarray(make_attention_mask(seg, seg, causal=True, window=window))
+  assert mask.reshape(-1, seq_len).sum(-1).max() == keys
+  # No window: the full sequence, as before.
+  assert flops_per_token(CFG, seq_len) == (
+      6 * (c["non_embedding"] + cfg.vocab_size * cfg.d_model) + 12 * 2 * 4 * 8 * seq_len)

@@ -14,8 +14,9 @@ ml_dtypes). The families are one network with two options (ModelConfig):
   qwen2    Qwen2ForCausalLM: biases on q, k, v (model.qkv_bias); a window only with
            `use_sliding_window`, and then only when every layer has it
 
-Anything else the maxlm model cannot compute (Llama's attention_bias, which
-biases o too; MLP biases; other activations; per-layer windows; RoPE types
+Llama's `attention_bias=true` biases q, k, v and o_proj (model.qkv_bias and
+model.o_bias); it exports as a Llama with attention_bias. Anything else the
+maxlm model cannot compute (MLP biases; other activations; per-layer windows; RoPE types
 rope.py lacks; quantized weights) is refused naming the config.json field,
 never silently dropped. Export writes the family the options call for.
 
@@ -95,6 +96,8 @@ def _layer_map(cfg: ModelConfig) -> dict[str, tuple[tuple[str, str], tuple, Call
         "self_attn.v_proj.bias": (("attn", "b_v_kh"), (K * H,), lambda b: b.reshape(K, H),
                                   lambda b: b.reshape(K * H)),
     })
+  if cfg.o_bias:  # Llama attention_bias=True: o_proj.bias [D]
+    out["self_attn.o_proj.bias"] = (("attn", "b_o_d"), (D,), ident, ident)
   return out
 
 
@@ -129,9 +132,10 @@ def _refuse_unsupported(hf: Mapping[str, Any]) -> str:
     raise ValueError(f"unsupported checkpoint: model_type={model_type!r} architectures={archs};"
                      f" maxlm imports {sorted(_ARCHITECTURES.values())}")
   refusals = [
-      # Llama's attention_bias biases o_proj too; Qwen2's q/k/v biases are implied by its type.
-      (hf.get("attention_bias", False),
-       "attention_bias=true (maxlm has q/k/v biases only, as Qwen2; Llama's also bias o_proj)"),
+      # Llama's attention_bias (q, k, v and o) is computed; Qwen2's q/k/v biases are implied by
+      # its type, and transformers' Mistral and Qwen2 never read attention_bias.
+      (hf.get("attention_bias", False) and model_type != "llama",
+       f"attention_bias=true in a {model_type} config (only Llama's is read)"),
       (hf.get("mlp_bias", False), "mlp_bias=true (maxlm MLP has no biases)"),
       (hf.get("hidden_act", "silu") not in ("silu", "swish"),
        f"hidden_act={hf.get('hidden_act')!r} (maxlm's MLP is SwiGLU)"),
@@ -189,6 +193,7 @@ def model_config_from_hf(hf: Mapping[str, Any], model_overrides: Mapping[str, An
                          ) -> ModelConfig:
   """ModelConfig from a parsed HF config.json dict (transformers 4.x or 5.x keys)."""
   model_type = _refuse_unsupported(hf)
+  llama_bias = model_type == "llama" and bool(hf.get("attention_bias", False))
   theta, scaling = _rope_from_hf(hf)
   n_heads = hf["num_attention_heads"]
   cfg = ModelConfig(
@@ -206,7 +211,8 @@ def model_config_from_hf(hf: Mapping[str, Any], model_overrides: Mapping[str, An
       tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
       init_std=hf.get("initializer_range", 0.02),
       sliding_window=_sliding_window(hf, model_type),
-      qkv_bias=model_type == "qwen2",
+      qkv_bias=model_type == "qwen2" or llama_bias,
+      o_bias=llama_bias,
   )
   overrides = dict(model_overrides or {})
   bad = sorted(set(overrides) - set(_OVERRIDABLE))
@@ -224,7 +230,7 @@ def model_config_from_hf(hf: Mapping[str, Any], model_overrides: Mapping[str, An
 # (execution fields -- dtypes, remat, attention_impl -- stay the stage config's).
 STAGE_MODEL_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
                       "d_ff", "rope_theta", "rope_scaling", "norm_eps", "tie_embeddings",
-                      "sliding_window", "qkv_bias")
+                      "sliding_window", "qkv_bias", "o_bias")
 
 
 def stage_model_fields(hf_dir) -> dict:
@@ -236,9 +242,14 @@ def stage_model_fields(hf_dir) -> dict:
 
 
 def hf_family(model_config) -> str:
-  """The HF model_type that computes `model_config`: qwen2 (q/k/v biases), mistral (a
-  sliding window and no biases), else llama."""
+  """The HF model_type that computes `model_config`: llama with attention_bias (q/k/v and
+  o biases), qwen2 (q/k/v biases), mistral (a sliding window and no biases), else llama."""
   cfg = ModelConfig.from_any(model_config)
+  if cfg.o_bias:  # Llama attention_bias: q, k, v and o together, no window
+    if not cfg.qkv_bias or cfg.sliding_window is not None:
+      raise ValueError(f"model.o_bias=True with qkv_bias={cfg.qkv_bias}, sliding_window="
+                       f"{cfg.sliding_window}: no Llama/Mistral/Qwen2 family computes it")
+    return "llama"
   if cfg.qkv_bias:
     return "qwen2"
   return "mistral" if cfg.sliding_window is not None else "llama"
@@ -285,7 +296,7 @@ def hf_config_from_model(model_config, *, dtype: str = "float32",
       "dtype": dtype,
   }
   if family == "llama":
-    hf.update(attention_bias=False, mlp_bias=False)
+    hf.update(attention_bias=cfg.o_bias, mlp_bias=False)
   elif family == "mistral":
     hf.update(sliding_window=cfg.sliding_window)
   else:  # qwen2: one window for every layer, or none (max_window_layers=0: from layer 0)

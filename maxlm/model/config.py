@@ -53,6 +53,7 @@ class ModelConfig:
   # biases on the q, k and v projections (not o). Defaults: the plain Llama block.
   sliding_window: int | None = None
   qkv_bias: bool = False
+  o_bias: bool = False  # a bias on the attention output projection (Llama attention_bias=True)
 
   def __post_init__(self):
     # Frozen dataclass: convert a mutable dict once so the config is hashable
@@ -108,6 +109,7 @@ class ModelConfig:
     D, F, V, L = self.d_model, self.d_ff, self.vocab_size, self.n_layers
     attn = D * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
     attn += self.head_dim * (self.n_heads + 2 * self.n_kv_heads) if self.qkv_bias else 0
+    attn += D if self.o_bias else 0
     mlp = 3 * D * F
     per_layer = attn + mlp + 2 * D + (2 * self.head_dim if self.qk_norm else 0)
     embed = V * D * (1 if self.tie_embeddings else 2)

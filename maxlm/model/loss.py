@@ -22,6 +22,11 @@ top-k distillation KL (logit[ids] - log Z) are all functions of those, so
 autodiff through them reaches the chunked backward. The dense path (chunk = 0)
 computes the same statistics from full logits: the tests compare the two, and
 both against optax.
+
+`token_chunk_map(fn, consts, per_token, chunk=...)` is the same chunking for a
+per-token function of any shape (distillation's student side: cross entropy
+plus a KL to the teacher, computed from the student's and the teacher's hidden
+chunks), with the backward recomputing each chunk under jax.checkpoint.
 """
 
 from __future__ import annotations
@@ -41,6 +46,11 @@ def _logits(x_bcd, w_dv):
   logits_bcv = jnp.einsum("bcd,dv->bcv", x_bcd, w_dv.astype(x_bcd.dtype),
                           preferred_element_type=jnp.float32)
   return nn.with_logical_constraint(logits_bcv, _LOGITS_AXES)
+
+
+def head_logits(x_bcd, w_dv):
+  """The LM head on hidden states [B, C, D] -> float32 logits [B, C, V], as the dense head."""
+  return _logits(x_bcd, w_dv)
 
 
 def _pick(logits_bcv, ids_bck):
@@ -140,6 +150,41 @@ def logit_stats(hidden_btd, w_dv, ids_btk, *, chunk: int = 0):
     ids_btk = jnp.pad(ids_btk, ((0, 0), (0, pad), (0, 0)))
   lse_bt, picked_btk, max_abs_bt = _chunked_stats(hidden_btd, w_dv, ids_btk, chunk)
   return lse_bt[:, :T], picked_btk[:, :T], jax.lax.stop_gradient(max_abs_bt[:, :T])
+
+
+def token_chunk_map(fn, consts, per_token, *, chunk: int):
+  """fn(consts, per_token) applied `chunk` positions of T at a time: a pytree of [B, T, ...].
+
+  per_token: a pytree of [B, T, ...] arrays; fn(consts, chunk_pytree of [B, C, ...])
+  returns a pytree of per-token values [B, C, ...] (e.g. a chunk's logits reduced
+  to a loss per token). chunk = 0 (or >= T): fn on the whole of T, the dense path.
+  T is padded up to a multiple of chunk with zeros (sliced off: no gradient).
+
+  Each chunk's body runs under jax.checkpoint inside a lax.scan, so autodiff
+  saves only the body's inputs (the hidden chunk; loop-invariant consts such as
+  the head weights are hoisted out of the scan's residuals, not stacked per
+  chunk) and the backward recomputes the chunk's [B, C, V] logits, as the custom
+  VJP above does. A hand-written VJP is kept for cross entropy (its gradient,
+  softmax minus one-hot, needs no second forward); for a general `fn` (a KL over
+  the vocabulary or the teacher's top-k, AFM's argmax target) remat gives the
+  same memory bound with the gradient derived by autodiff from the very formulas
+  the dense path uses, instead of a second hand-derived copy per loss.
+  """
+  leaves = jax.tree.leaves(per_token)
+  T = leaves[0].shape[1]
+  if chunk <= 0 or chunk >= T:
+    return fn(consts, per_token)
+  pad = -T % chunk
+
+  def split(a_bt):
+    if pad:
+      a_bt = jnp.pad(a_bt, [(0, 0), (0, pad)] + [(0, 0)] * (a_bt.ndim - 2))
+    return _split(a_bt, chunk)
+
+  body = jax.checkpoint(fn, prevent_cse=False)  # inside scan, CSE across chunks is not a risk
+  _, out = jax.lax.scan(lambda carry, xs: (carry, body(consts, xs)), None,
+                        jax.tree.map(split, per_token))
+  return jax.tree.map(lambda o: _merge(o)[:, :T], out)
 
 
 def cross_entropy_sums(hidden_btd, w_dv, targets_bt, loss_mask_bt, domain_ids_bt, *,

@@ -85,7 +85,7 @@ class Attention(nn.Module):
     q_btnh = jnp.einsum("btd,dnh->btnh", x_btd, w_q_dnh.astype(dt))
     k_btkh = jnp.einsum("btd,dkh->btkh", x_btd, w_k_dkh.astype(dt))
     v_btkh = jnp.einsum("btd,dkh->btkh", x_btd, w_v_dkh.astype(dt))
-    if cfg.qkv_bias:  # Qwen2: biases on q, k and v (o has none), added before RoPE
+    if cfg.qkv_bias:  # Qwen2 (and Llama attention_bias): biases on q, k, v, added before RoPE
       zeros = nn.initializers.zeros
       b_q_nh = self.param("b_q_nh", nn.with_logical_partitioning(zeros, ("heads", "head_dim")),
                           (N, H))
@@ -107,10 +107,19 @@ class Attention(nn.Module):
     if kv is None:
       out_btnh = attention_lib.attention(q_btnh, k_btkh, v_btkh, segment_ids_bt,
                                          impl=cfg.attention_impl, window=cfg.sliding_window)
-      return jnp.einsum("btnh,nhd->btd", out_btnh, w_o_nhd.astype(dt))
+      return self._out(out_btnh, w_o_nhd, dt)
     out_btnh, kv = decode_lib.cached_attention(q_btnh, k_btkh, v_btkh, segment_ids_bt, kv,
                                                impl=cfg.attention_impl, window=cfg.sliding_window)
-    return jnp.einsum("btnh,nhd->btd", out_btnh, w_o_nhd.astype(dt)), kv
+    return self._out(out_btnh, w_o_nhd, dt), kv
+
+  def _out(self, out_btnh, w_o_nhd, dt):
+    """The output projection, plus Llama's o_proj bias (attention_bias=True) when on."""
+    y_btd = jnp.einsum("btnh,nhd->btd", out_btnh, w_o_nhd.astype(dt))
+    if self.cfg.o_bias:
+      b_o_d = self.param("b_o_d", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                         (self.cfg.d_model,))
+      y_btd = y_btd + b_o_d.astype(dt)
+    return y_btd
 
 
 class MLP(nn.Module):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 import optax
 
+from maxlm.optim.guarded import clipped_adamw
 from maxlm.optim.schedules import make_schedule
 
 
@@ -23,11 +24,13 @@ def weight_decay_mask(params):
 def make_optimizer(*, peak_lr: float, schedule, total_steps: int, b1: float = 0.9,
                    b2: float = 0.95, eps: float = 1e-8, weight_decay: float = 0.1,
                    clip_norm: float = 1.0):
-  """Returns (optax transformation, schedule). `schedule` is the config.optim.schedule dict."""
+  """Returns (optax transformation, schedule). `schedule` is the config.optim.schedule dict.
+
+  The transformation is optax.chain(clip_by_global_norm, adamw) in values and
+  state; its update also takes `apply_if` (maxlm/optim/guarded.py), so a
+  skipped step keeps the donated state in place instead of copying it.
+  """
   sched = make_schedule(peak_lr=peak_lr, total_steps=total_steps, **dict(schedule))
-  tx = optax.chain(
-      optax.clip_by_global_norm(clip_norm),
-      optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                  mask=weight_decay_mask),
-  )
+  tx = clipped_adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                     clip_norm=clip_norm, mask=weight_decay_mask)
   return tx, sched

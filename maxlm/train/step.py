@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from maxlm.model import ModelConfig
+from maxlm.optim import update_unless_skipped
 from maxlm.train.losses import loss_sums, next_token_loss
 
 # Layer groups for per-group gradient norms, matched against a param's path in
@@ -114,19 +115,20 @@ def train_step(state, batch, limits=None, *, loss_fn=None, tx, schedule, microba
   # `loss` is what the spike band guards and the curves show: the cross entropy, unless the
   # loss names another quantity (a distillation objective) as `loss_sum`.
   loss, grad_norm = aux.get("loss_sum", aux["nll_sum"]) / count, optax.global_norm(grads)
-  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-  params = optax.apply_updates(state["params"], updates)
   ok = _update_ok(loss, grad_norm, limits or {})
-  # A select per leaf keeps the old bits exactly (no arithmetic on NaNs).
-  keep = lambda new, old: jnp.where(ok, new, old)
-  new_state = dict(params=jax.tree.map(keep, params, state["params"]),
-                   opt_state=jax.tree.map(keep, opt_state, state["opt_state"]),
-                   step=state["step"] + 1, rng=state["rng"])
+  # A select per leaf keeps the old bits exactly (no arithmetic on NaNs); maxlm's AdamW
+  # selects its moments before deriving the update from them, so XLA updates the donated
+  # state in place rather than copying it (maxlm/optim/guarded.py).
+  params, opt_state, updates = update_unless_skipped(tx, grads, state["opt_state"],
+                                                     state["params"], ok)
+  new_state = dict(params=params, opt_state=opt_state, step=state["step"] + 1, rng=state["rng"])
   metrics = dict(loss=loss, grad_norm=grad_norm,
                  lr=schedule(state["step"]), tokens=aux["count"],
                  domain_loss_sum=aux["domain_loss_sum"], domain_count=aux["domain_count"],
-                 # RMS(update) / RMS(params) over the whole model: ~lr in steady state.
-                 update_rms_ratio=optax.global_norm(updates) / optax.global_norm(state["params"]),
+                 # RMS(update) / RMS(params) over the whole model: ~lr in steady state;
+                 # 0 on a skipped step (no update was applied).
+                 update_rms_ratio=jnp.where(
+                     ok, optax.global_norm(updates) / optax.global_norm(state["params"]), 0.0),
                  skipped=1 - ok.astype(jnp.int32),
                  **group_grad_norms(grads))
   for k, v in aux.items():  # the loss's own terms: z_loss_sum -> z_loss, max_abs_logit as is
