@@ -54,9 +54,24 @@ def get_config():
   return c
 '''
 
+# Inlined into the measured scripts (they run as `python -c`).
+_PEAK_RSS = '''def _peak_rss_mb():
+  # VmHWM: the high-water mark of this process's own address space. ru_maxrss is
+  # not: Linux carries it across execve, so a child of a 2 GB pytest worker
+  # reports the worker's 2 GB (tests/test_data_scale.py failed on that noise).
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+'''
+
 _STARTUP = r'''
 import json, resource, sys, time
-t0 = time.time()
+{peak_rss}t0 = time.time()
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {cfgdir!r})
 import data_cfg
@@ -67,12 +82,12 @@ it = data.make_train_iterator(c, tokenizer_path={tok!r}, seq_len=256, global_bat
 next(it)
 data.make_eval_batches(c, tokenizer_path={tok!r}, seq_len=256, global_batch=16)
 print(json.dumps(dict(startup_s=time.time() - t0,
-                      rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+                      rss_mb=_peak_rss_mb())))
 '''
 
 _TRAIN = r'''
 import json, os, resource, sys
-sys.path.insert(0, {root!r})
+{peak_rss}sys.path.insert(0, {root!r})
 sys.path.insert(0, {cfgdir!r})
 import data_cfg
 from configs import pretrain
@@ -94,7 +109,7 @@ c.monitor.tensorboard = False
 c.monitor.plot = False
 c.monitor.progress = "lines"
 train(c, {workdir!r})
-print(json.dumps(dict(rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+print(json.dumps(dict(rss_mb=_peak_rss_mb())))
 '''
 
 
@@ -187,7 +202,7 @@ def measure(n_docs: int, root: str, tok: str, steps: int, workers: int,
   n_shards = sum(len(s[k]["shards"]) for s in manifest["sources"].values()
                  for k in ("train", "heldout"))
   shutil.rmtree(os.path.join(d, "raw"))  # training must not need the raw corpus
-  res, _, _ = run_measured([sys.executable, "-c", _STARTUP.format(
+  res, _, _ = run_measured([sys.executable, "-c", _STARTUP.format(peak_rss=_PEAK_RSS,
       root=ROOT, cfgdir=d, shards=shards, tok=tok)], env)
   startup = _last_json(res.stdout)
   out = dict(docs=n_docs, corpus_mb=corpus_bytes / 2**20, tokens=tokens, shards=n_shards,
@@ -197,7 +212,7 @@ def measure(n_docs: int, root: str, tok: str, steps: int, workers: int,
              state_json_bytes=None, state_counts_bytes=None)
   if steps:
     workdir = os.path.join(d, "run")
-    res, out["train_s"], _ = run_measured([sys.executable, "-c", _TRAIN.format(
+    res, out["train_s"], _ = run_measured([sys.executable, "-c", _TRAIN.format(peak_rss=_PEAK_RSS,
         root=ROOT, cfgdir=d, shards=shards, tok=tok, steps=steps, workdir=workdir)], env)
     out["train_rss_mb"] = _last_json(res.stdout)["rss_mb"]
     state_dir = os.path.join(workdir, "checkpoints", str(steps), "data")

@@ -13,6 +13,7 @@ import pytest
 from configs import curate as curate_config
 from maxlm import data
 from maxlm.curate import pipeline
+from maxlm.curate import to_shards  # noqa: F401  (the --shards_out writer tested here)
 from maxlm.data import config as config_lib
 from maxlm.data import prepare as prepare_lib
 from maxlm.data import shards as shards_lib

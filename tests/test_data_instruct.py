@@ -4,7 +4,7 @@ Fixtures are built here (no hub): a byte-level BPE tokenizer.json trained with `
 on a few sentences, with chat special tokens added at the top of the vocabulary, and HF
 directories around it whose tokenizer_config.json carries a chat template (ChatML without
 BOS, as Qwen2 ships; Llama-3 style with "{{ bos_token }}" in the template; Mistral style
-closing assistant turns with eos_token). References: transformers' apply_chat_template
+closing assistant turns with eos_token). References (transformers' in test_data_instruct_hf.py): apply_chat_template
 (text, ids and its `{% generation %}` assistant mask), each response encoded on its own and
 located in the sequence, hand-written masks, NumPy cross entropy, and the batches of the
 code before instruction data existed (a digest recorded on main c4e5e8a).
@@ -131,53 +131,6 @@ def _reference_mask(tok, chat, ids, turn_end="<|im_end|>\n"):
 # ---------------------------------------------------------------------------
 # Rendering, ids and the response mask
 # ---------------------------------------------------------------------------
-
-@pytest.mark.torch
-@pytest.mark.parametrize("name", ["chatml", "llama3", "mistral"])
-def test_rendering_and_ids_equal_transformers(dirs, name):
-  import transformers  # pylint: disable=g-import-not-at-top  (test-only reference)
-  hf = transformers.AutoTokenizer.from_pretrained(dirs[name])
-  tok = tokenizer_lib.load(dirs[name])
-  chats = CHATS if name != "mistral" else [[m for m in c if m["role"] != "system"] for c in CHATS]
-  for chat in chats:
-    for gen in (False, True):
-      text = instruct.render(tok.chat_template, chat, add_generation_prompt=gen,
-                             **instruct.special_tokens(tok))
-      assert text == hf.apply_chat_template(chat, tokenize=False, add_generation_prompt=gen)
-      ids, _ = tok.encode_offsets(text)
-      ref = hf.apply_chat_template(chat, tokenize=True, add_generation_prompt=gen)
-      ref = ref["input_ids"] if hasattr(ref, "keys") else ref
-      assert ids == list(ref)
-
-
-@pytest.mark.torch
-def test_extra_message_fields_render_as_transformers(tok_json, tmp_path):
-  """Reasoning under any of its names reaches `thinking`; None-valued keys are dropped."""
-  import transformers  # pylint: disable=g-import-not-at-top
-  t = ("{% for m in messages %}{{ m['role'] }}:{% if m.thinking %}<think>{{ m.thinking }}"
-       "</think>{% endif %}{% if m.name is defined %}[{{ m.name }}]{% endif %}{{ m['content'] }}"
-       "\n{% endfor %}")
-  d = _hf_dir(str(tmp_path), tok_json, "think", t, None, "</s>")
-  hf = transformers.AutoTokenizer.from_pretrained(d)
-  chat = [{"role": "user", "content": "q", "name": None},
-          {"role": "assistant", "content": "a", "reasoning": "because"}]
-  assert instruct.render(t, chat) == hf.apply_chat_template(chat, tokenize=False)
-  assert "<think>because</think>" in instruct.render(t, chat) and "[" not in instruct.render(t, chat)
-
-
-@pytest.mark.torch
-def test_mask_equals_transformers_generation_mask(dirs):
-  """transformers' return_assistant_tokens_mask on the {% generation %} twin of the template."""
-  import transformers  # pylint: disable=g-import-not-at-top
-  hf = transformers.AutoTokenizer.from_pretrained(dirs["chatml_gen"])
-  tok = tokenizer_lib.load(dirs["chatml"])
-  for chat in CHATS:
-    ids, mask = instruct.encode({"messages": chat}, tok, bos_id=None, eos_id=None)
-    ref = hf.apply_chat_template(chat, tokenize=True, return_dict=True,
-                                 return_assistant_tokens_mask=True)
-    assert ids.tolist() == list(ref["input_ids"])
-    assert mask.tolist() == list(ref["assistant_masks"]) and mask.sum() > 0
-
 
 def test_response_mask_equals_turns_located_in_the_sequence(dirs):
   tok = tokenizer_lib.load(dirs["chatml"])

@@ -12,6 +12,7 @@ import pytest
 
 from maxlm.data import config as config_lib
 from maxlm.data import readers
+from maxlm.data import seqio_source  # noqa: F401  (imports no seqio itself: asserted below)
 from maxlm.data import sources as sources_lib
 
 TEXTS = [f"Document number {i} says something about topic {i % 3}." for i in range(12)]

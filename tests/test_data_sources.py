@@ -325,7 +325,11 @@ c.heldout_fraction = 0.01
 it = data.make_train_iterator(c, tokenizer_path=tok, seq_len=256, global_batch=4, seed=0)
 for _ in range(20):
   next(it)
-print(json.dumps({"peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across execve, so it would report the
+# pytest worker's own peak (this process's parent) whenever that is the larger.
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+kb = int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"peak_rss_kb": kb}))
 """
 
 
