@@ -369,16 +369,7 @@ def decode(raw: bytes, path: str, errors: ErrorLog, line: int | None) -> str:
 @file_format("jsonl", (".jsonl", ".json", ".ndjson"))
 def read_jsonl(path: str, errors: ErrorLog, *, text_field: str = "text") -> Iterator[Record]:
   """One record per line; the other keys become fields."""
-  plain = is_plain_local(path) if "://" not in path and os.path.isfile(path) else False
-  for n, offset, raw in _lines(path, errors):
-    if not raw.strip():
-      continue
-    line = decode(raw, path, errors, n)
-    try:
-      rec = json.loads(line)
-    except json.JSONDecodeError as e:
-      errors.add(path, "malformed_jsonl", n, str(e))
-      continue
+  for n, span, _, rec in _json_lines(path, errors):
     text = rec.get(text_field) if isinstance(rec, dict) else None
     if not isinstance(text, str):
       errors.add(path, "missing_field", n, f"no string field {text_field!r}")
@@ -387,7 +378,7 @@ def read_jsonl(path: str, errors: ErrorLog, *, text_field: str = "text") -> Iter
       errors.add(path, "empty_document", n)
       continue
     del rec[text_field]
-    yield Record(text, n, rec, (offset, len(raw)) if plain else None, "json")
+    yield Record(text, n, rec, span, "json")
 
 
 @file_format("instruct_jsonl", ())  # no suffix: chosen by the 'instruct' source kind only
@@ -397,6 +388,18 @@ def read_instruct_jsonl(path: str, errors: ErrorLog, *, text_field: str = "text"
   Bad records are counted by maxlm.data.instruct.check_record's kind, naming the field."""
   del text_field
   from maxlm.data import instruct  # pylint: disable=g-import-not-at-top
+  for n, span, line, rec in _json_lines(path, errors):
+    form, kind, detail = instruct.check_record(rec)
+    if kind:
+      errors.add(path, kind, n, detail)
+      continue
+    yield Record(line, n, {"form": form}, span, "text")
+
+
+def _json_lines(path: str, errors: ErrorLog):
+  """(line number, byte span or None, decoded line, parsed JSON) of every non-blank line;
+  malformed lines are counted. The span (offset, length) only for a plain local file,
+  where the lazy index can seek back to it."""
   plain = is_plain_local(path) if "://" not in path and os.path.isfile(path) else False
   for n, offset, raw in _lines(path, errors):
     if not raw.strip():
@@ -407,11 +410,7 @@ def read_instruct_jsonl(path: str, errors: ErrorLog, *, text_field: str = "text"
     except json.JSONDecodeError as e:
       errors.add(path, "malformed_jsonl", n, str(e))
       continue
-    form, kind, detail = instruct.check_record(rec)
-    if kind:
-      errors.add(path, kind, n, detail)
-      continue
-    yield Record(line, n, {"form": form}, (offset, len(raw)) if plain else None, "text")
+    yield n, ((offset, len(raw)) if plain else None), line, rec
 
 
 def _whole(path: str, errors: ErrorLog) -> tuple[bytes, bool] | None:
