@@ -85,28 +85,34 @@ def _dense_and_ring(mesh, C, q, k, v, seg, causal=True, block_k=None, impl="xla"
   return want, got, from_layout(out, C)
 
 
-def _check_ring(data, context, tensor, causal, block_k, impl, T_per_device=16):
+def _check_ring(data, context, tensor, causal, block_k, impl, T_per_device=16,
+                dtype=jnp.float32):
   seed = _seed()
   rng = np.random.default_rng(seed)
   B, T, N, K, H = 2 * data, T_per_device * context, 4, 2, 8  # GQA: two query heads per kv head
-  q = jnp.asarray(rng.standard_normal((B, T, N, H)), jnp.float32)
-  k = jnp.asarray(rng.standard_normal((B, T, K, H)), jnp.float32)
-  v = jnp.asarray(rng.standard_normal((B, T, K, H)), jnp.float32)
+  normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32).astype(dtype)
+  q, k, v = normal(B, T, N, H), normal(B, T, K, H), normal(B, T, K, H)
   seg = jnp.asarray(_packed_segments(rng, B, T))
   mesh = _mesh(data, context, tensor)
   (want_val, want_g), (got_val, got_g), out = _dense_and_ring(mesh, context, q, k, v, seg, causal,
                                                               block_k, impl)
+  f32 = lambda x: np.asarray(x, np.float32)
+  # float32: reassociation only. bfloat16: both sides round p and the outputs to 8 bits,
+  # in different places (per ring block vs once), so a few bf16 ulps of the scale.
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
   want_out = attention_reference(q, k, v, segment_ids=seg, causal=causal)
   # Outputs are convex combinations of v: their scale is max |v|, never 0.
-  np.testing.assert_allclose(out, want_out, atol=1e-5 * np.abs(v).max(), rtol=1e-5,
+  np.testing.assert_allclose(f32(out), f32(want_out), atol=tol * np.abs(f32(v)).max(), rtol=tol,
                              err_msg=f"seed={seed}")
   # A sum over ~B*T*N*H outputs: float32 reassociation reaches ~1e-6 of its scale.
-  np.testing.assert_allclose(got_val, want_val, rtol=1e-5, atol=1e-5 * B * T, err_msg=f"seed={seed}")
+  np.testing.assert_allclose(f32(got_val), f32(want_val), rtol=tol, atol=tol * B * T,
+                             err_msg=f"seed={seed}")
   # Gradient terms are products of q, k, v and cos(out) (|.| <= 1): their scale, not the
   # gradient's own (which can cancel), bounds the rounding error.
-  scale = H ** -0.5 * np.abs(q).max() * np.abs(k).max() * np.abs(v).max()
+  scale = H ** -0.5 * np.abs(f32(q)).max() * np.abs(f32(k)).max() * np.abs(f32(v)).max()
   for name, g, w in zip("qkv", got_g, want_g):
-    np.testing.assert_allclose(g, w, atol=2e-5 * max(np.abs(w).max(), scale), rtol=1e-4,
+    np.testing.assert_allclose(f32(g), f32(w), atol=2 * tol * max(np.abs(f32(w)).max(), scale),
+                               rtol=1e-4 if dtype == jnp.float32 else 0,
                                err_msg=f"d{name} seed={seed}")
 
 
@@ -125,6 +131,12 @@ def test_ring_matches_dense_values_and_grads(data, context, tensor, causal, bloc
 def test_ring_with_kernel_per_block_matches_dense(data, context, tensor, causal):
   """block_impl='pallas' (the kernel, interpreted): packed documents straddle shards, GQA."""
   _check_ring(data, context, tensor, causal, None, "pallas", T_per_device=8)
+
+
+def test_ring_with_kernel_per_block_bfloat16():
+  """The model's compute dtype: bfloat16 inputs, float32 merge, against the float32 reference
+  on the same rounded inputs."""
+  _check_ring(2, 4, 1, True, None, "pallas", T_per_device=8, dtype=jnp.bfloat16)
 
 
 def test_straddling_document_sees_only_itself():
