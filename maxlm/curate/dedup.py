@@ -282,6 +282,88 @@ class ConnectedComponents(beam.PTransform):
 
 
 # ---------------------------------------------------------------------------
+# Connected components (union-find on one worker)
+# ---------------------------------------------------------------------------
+# The verified edges are O(near duplicates), not O(corpus): on most corpora they
+# fit one worker, where union-find joins them in one pass instead of 16 shuffles
+# of every edge (each round's GroupByKey costs a Beam stage, whatever its size).
+# The union-find is a CombineFn: each worker folds its own edges first (combiner
+# lifting), the final merge joins the per-worker forests. Its memory is bounded
+# by `max_nodes`: above it the run stops and says to use the rounds above.
+
+def _uf_find(parent: dict, x):
+  root = x
+  while parent.get(root, root) != root:
+    root = parent[root]
+  while x != root:  # path compression: later finds are one step
+    parent[x], x = root, parent[x]
+  return root
+
+
+def _uf_union(parent: dict, u, v):
+  ru, rv = _uf_find(parent, u), _uf_find(parent, v)
+  if ru != rv:
+    # The smaller root wins: a component's root is its minimum node whatever the
+    # order edges arrive in (so the result is deterministic across runners).
+    lo, hi = (ru, rv) if ru < rv else (rv, ru)
+    parent[hi] = lo
+    parent.setdefault(lo, lo)
+
+
+class _UnionFindFn(beam.CombineFn):
+  """Batches of edges -> {node: component minimum} for every non-minimum node."""
+
+  def __init__(self, max_nodes: int):
+    self._max_nodes = max_nodes
+
+  def create_accumulator(self):
+    return {}
+
+  def _check(self, parent):
+    if len(parent) > self._max_nodes:
+      raise RuntimeError(
+          f"near dedup: more than near_dedup.cc_max_nodes={self._max_nodes} documents have near "
+          "duplicates, too many for one worker's union-find; set near_dedup.cc='rounds' "
+          "(distributed connected components) or raise cc_max_nodes")
+
+  def add_input(self, parent, edges):
+    for u, v in edges:
+      _uf_union(parent, u, v)
+    self._check(parent)
+    return parent
+
+  def merge_accumulators(self, accumulators):
+    accumulators = iter(accumulators)
+    parent = next(accumulators)
+    for other in accumulators:
+      for x, p in other.items():
+        if x != p:
+          _uf_union(parent, x, p)
+      self._check(parent)
+    return parent
+
+  def compact(self, parent):
+    # Every node points at its root before the accumulator is shuffled.
+    return {x: _uf_find(parent, x) for x in list(parent)}
+
+  def extract_output(self, parent):
+    roots = self.compact(parent)
+    return {x: r for x, r in roots.items() if x != r}
+
+
+class UnionFindComponents(beam.PTransform):
+  """Batches (lists) of undirected edges -> one element: {node: component minimum} for
+  every non-minimum node (the same pairs ConnectedComponents emits one by one)."""
+
+  def __init__(self, max_nodes: int = 4_000_000):
+    super().__init__()
+    self._max_nodes = max_nodes
+
+  def expand(self, edge_batches):
+    return edge_batches | "union_find" >> beam.CombineGlobally(_UnionFindFn(self._max_nodes))
+
+
+# ---------------------------------------------------------------------------
 # Near dedup
 # ---------------------------------------------------------------------------
 
@@ -364,13 +446,18 @@ def _attach_later(part_grouped, n_docs):
 
 
 def _verify(part_grouped, threshold, verify):
-  """Join 2: keep a pair when its signatures' estimated Jaccard reaches the threshold."""
+  """Join 2: keep a pair when its signatures' estimated Jaccard reaches the threshold.
+
+  Yields the kept pairs of a partition as one list (a batch of edges)."""
   _, grouped = part_grouped
   sigs = _sig_table(grouped["sig"])
+  edges = []
   for batch in grouped["half"]:
     for b, (a, sig_a) in batch:
       if not verify or minhash.estimate_jaccard(sig_a, sigs[b]) >= threshold:
-        yield (a, b)
+        edges.append((a, b))
+  if edges:
+    yield edges
 
 
 def _split_near_dups(id_groups):
@@ -384,33 +471,63 @@ def _split_near_dups(id_groups):
       yield doc
 
 
+def _removed_ids(roots: dict) -> dict:
+  """{leaf node: root node} -> {leaf id: kept id} (nodes are rank keys (score, id))."""
+  return {leaf[1]: root[1] for leaf, root in roots.items()}
+
+
+def _drop_near_dups(doc, kept_of):
+  """Union-find path: `kept_of` (a side input, O(near duplicates)) maps each removed id to
+  the id kept in its cluster."""
+  kept = kept_of.get(doc["id"])
+  if kept is None:
+    yield doc
+  else:
+    yield beam.pvalue.TaggedOutput("rejects", make_reject(doc, "near_dedup", "near_duplicate",
+                                                           {"kept": kept}))
+
+
+def _cluster_sizes(kept_of: dict):
+  return sorted(n + 1 for n in collections.Counter(kept_of.values()).values())
+
+
 class NearDedup(beam.PTransform):
   """MinHash-LSH near dedup: {"docs", "rejects", "cluster_sizes"} (sizes of clusters >= 2).
 
   Signatures are computed a batch of documents at a time (BatchElements); band
   hashes are bucketed per partition in numpy; candidate pairs are verified by two
   partitioned joins with the signatures (each signature moves once per join,
-  not once per band).
+  not once per band). Clusters: cc="union_find" (default) joins the verified
+  edges on one worker and drops the removed documents through a side input
+  (both O(near duplicates), bounded by cc_max_nodes), so the documents never
+  move through a shuffle; cc="rounds" runs distributed large-star / small-star
+  rounds and joins the result back by id, for corpora whose duplicates do not
+  fit one worker.
   """
 
   def __init__(self, *, ngram=5, num_perm=256, threshold=0.8, bands=0, rows=0, fn_weight=0.95,
-               verify=True, max_verify=32, seed=1, cc_rounds=8, score_field="quality_score",
-               enabled=True):
+               verify=True, max_verify=32, seed=1, cc="union_find", cc_max_nodes=4_000_000,
+               cc_rounds=8, score_field="quality_score", enabled=True):
     super().__init__(label="near_dedup")
     if not bands or not rows:
       bands, rows = minhash.choose_bands_rows(threshold, num_perm, 1.0 - fn_weight, fn_weight)
     if bands * rows > num_perm:
       raise ValueError(f"bands x rows = {bands * rows} exceeds num_perm = {num_perm}")
+    if cc not in ("union_find", "rounds"):
+      raise ValueError(f"near_dedup.cc={cc!r}: must be 'union_find' or 'rounds'")
     self.bands, self.rows, self.threshold = bands, rows, threshold
     self._sig_args = (num_perm, seed, ngram, bands, rows, score_field)
     self._verify, self._max_verify = verify, max_verify
-    self._cc_rounds = cc_rounds
+    self._cc, self._cc_max_nodes, self._cc_rounds = cc, cc_max_nodes, cc_rounds
 
   def expand(self, docs):
-    n_docs = beam.pvalue.AsSingleton(docs | "count_docs" >> beam.combiners.Count.Globally())
     sigs = (docs
             | "batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
             | "signatures" >> beam.ParDo(_SignatureBatchFn(*self._sig_args)))
+    # The document count (which sizes the partitions) is summed over signature
+    # batches: one element per batch, not per document.
+    n_docs = beam.pvalue.AsSingleton(sigs | "batch_sizes" >> beam.Map(lambda b: len(b[0]))
+                                     | "count_docs" >> beam.CombineGlobally(sum))
     sig_parts = sigs | "sig_parts" >> beam.FlatMap(_sig_parts, n_docs)
     pairs = (sigs
              | "lsh_parts" >> beam.FlatMap(_lsh_parts, n_docs, self.bands)
@@ -419,9 +536,18 @@ class NearDedup(beam.PTransform):
     halves = ({"sig": sig_parts, "pair": pairs}
               | "join_later" >> beam.CoGroupByKey()
               | "attach_later" >> beam.FlatMap(_attach_later, n_docs))
-    edges = ({"sig": sig_parts, "half": halves}
-             | "join_earlier" >> beam.CoGroupByKey()
-             | "verify" >> beam.FlatMap(_verify, self.threshold, self._verify))
+    edge_batches = ({"sig": sig_parts, "half": halves}
+                    | "join_earlier" >> beam.CoGroupByKey()
+                    | "verify" >> beam.FlatMap(_verify, self.threshold, self._verify))
+    if self._cc == "union_find":
+      kept_of = (edge_batches
+                 | "components" >> UnionFindComponents(self._cc_max_nodes)
+                 | "removed_ids" >> beam.Map(_removed_ids))
+      out = docs | "split" >> beam.FlatMap(_drop_near_dups, beam.pvalue.AsSingleton(kept_of)).with_outputs(
+          "rejects", main="docs")
+      sizes = kept_of | "sizes" >> beam.FlatMap(_cluster_sizes)
+      return {"docs": out.docs, "rejects": out.rejects, "cluster_sizes": sizes}
+    edges = edge_batches | "edges" >> beam.FlatMap(lambda batch: batch)
     leaves = edges | "components" >> ConnectedComponents(self._cc_rounds)
     # leaf node -> (leaf id, id of its cluster's kept document)
     leaf_ids = leaves | "leaf_ids" >> beam.Map(lambda e: (e[0][1], e[1][1]))
