@@ -438,24 +438,37 @@ def _sig_table(batches) -> dict:
 
 
 def _attach_later(part_grouped, n_docs):
-  """Join 1: each pair gets its later member's signature, then moves to its earlier member's partition."""
+  """Join 1: each pair gets its later member's signature, then moves to its earlier member's partition.
+
+  Yields (partition, (pairs [(earlier, later)], later signatures [n, P])): one array per
+  partition, not one pickled signature row per pair.
+  """
   _, grouped = part_grouped
   sigs = _sig_table(grouped["sig"])
   parts = _parts(n_docs, _SIGS_PER_PART)
-  yield from _by_part([(b, (a, sigs[a])) for batch in grouped["pair"] for a, b in batch], parts)
+  by = collections.defaultdict(list)
+  for batch in grouped["pair"]:
+    for a, b in batch:
+      by[_part_of(b, parts)].append((b, a))
+  for g, pairs in by.items():
+    yield g, (pairs, np.stack([sigs[a] for _, a in pairs]))
 
 
 def _verify(part_grouped, threshold, verify):
   """Join 2: keep a pair when its signatures' estimated Jaccard reaches the threshold.
 
-  Yields the kept pairs of a partition as one list (a batch of edges)."""
+  Yields the kept pairs (later, earlier) of a partition as one list (a batch of edges)."""
   _, grouped = part_grouped
   sigs = _sig_table(grouped["sig"])
   edges = []
-  for batch in grouped["half"]:
-    for b, (a, sig_a) in batch:
-      if not verify or minhash.estimate_jaccard(sig_a, sigs[b]) >= threshold:
-        edges.append((a, b))
+  for pairs, sig_a_kp in grouped["half"]:
+    if verify:
+      sig_b_kp = np.stack([sigs[b] for b, _ in pairs])
+      # The fraction of equal rows is minhash.estimate_jaccard, for all pairs at once.
+      keep = (sig_a_kp == sig_b_kp).mean(axis=1) >= threshold
+      edges.extend((a, b) for (b, a), k in zip(pairs, keep.tolist()) if k)
+    else:
+      edges.extend((a, b) for b, a in pairs)
   if edges:
     yield edges
 
