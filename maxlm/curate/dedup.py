@@ -489,15 +489,18 @@ def _removed_ids(roots: dict) -> dict:
   return {leaf[1]: root[1] for leaf, root in roots.items()}
 
 
-def _drop_near_dups(doc, kept_of):
-  """Union-find path: `kept_of` (a side input, O(near duplicates)) maps each removed id to
-  the id kept in its cluster."""
-  kept = kept_of.get(doc["id"])
-  if kept is None:
-    yield doc
-  else:
-    yield beam.pvalue.TaggedOutput("rejects", make_reject(doc, "near_dedup", "near_duplicate",
-                                                           {"kept": kept}))
+def _drop_near_dups(docs, kept_of):
+  """Union-find path, a batch of documents: `kept_of` (a side input, O(near duplicates))
+  maps each removed id to the id kept in its cluster. Batches, because the documents wait
+  for that side input: the runner stores them, and a dozen lists cost it less than 10k
+  single documents."""
+  for doc in docs:
+    kept = kept_of.get(doc["id"])
+    if kept is None:
+      yield doc
+    else:
+      yield beam.pvalue.TaggedOutput("rejects", make_reject(doc, "near_dedup", "near_duplicate",
+                                                             {"kept": kept}))
 
 
 def _cluster_sizes(kept_of: dict):
@@ -534,9 +537,8 @@ class NearDedup(beam.PTransform):
     self._cc, self._cc_max_nodes, self._cc_rounds = cc, cc_max_nodes, cc_rounds
 
   def expand(self, docs):
-    sigs = (docs
-            | "batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
-            | "signatures" >> beam.ParDo(_SignatureBatchFn(*self._sig_args)))
+    batches = docs | "batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
+    sigs = batches | "signatures" >> beam.ParDo(_SignatureBatchFn(*self._sig_args))
     # The document count (which sizes the partitions) is summed over signature
     # batches: one element per batch, not per document.
     n_docs = beam.pvalue.AsSingleton(sigs | "batch_sizes" >> beam.Map(lambda b: len(b[0]))
@@ -556,7 +558,7 @@ class NearDedup(beam.PTransform):
       kept_of = (edge_batches
                  | "components" >> UnionFindComponents(self._cc_max_nodes)
                  | "removed_ids" >> beam.Map(_removed_ids))
-      out = docs | "split" >> beam.FlatMap(_drop_near_dups, beam.pvalue.AsSingleton(kept_of)).with_outputs(
+      out = batches | "split" >> beam.FlatMap(_drop_near_dups, beam.pvalue.AsSingleton(kept_of)).with_outputs(
           "rejects", main="docs")
       sizes = kept_of | "sizes" >> beam.FlatMap(_cluster_sizes)
       return {"docs": out.docs, "rejects": out.rejects, "cluster_sizes": sizes}
