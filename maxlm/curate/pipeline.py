@@ -226,16 +226,32 @@ def build_pipeline(p: beam.Pipeline, config, inputs, output: str, progress_dir: 
   _ = (all_rejects
        | "rejects_json" >> beam.Map(lambda r: _to_json({k: v for k, v in r.items() if not (drop_text and k == "text")}))
        | "write_rejects" >> beam.io.WriteToText(os.path.join(output, "rejects", "part"), ".jsonl.zst"))
-  _ = (read["rejects"] | "errors_json" >> beam.Map(_to_json)
-       | "write_errors" >> beam.io.WriteToText(os.path.join(output, "read_errors"), ".jsonl",
-                                                num_shards=1, shard_name_template=""))
-  _ = (counts
-       | "flatten_counts" >> beam.Flatten()
-       | "sum_counts" >> beam.CombinePerKey(_sum_pairs)
-       | "counts_json" >> beam.Map(lambda kv: json.dumps([list(kv[0]), list(kv[1])]))
-       | "write_counts" >> beam.io.WriteToText(os.path.join(output, "counts"), ".jsonl",
-                                                num_shards=1, shard_name_template=""))
+  # read_errors.jsonl and counts.jsonl: one GroupByKey by file name, each file written
+  # whole by one worker (both are small: counts per key, errors within the error budget);
+  # two WriteToText would add 22 transforms, whose set-up cost more than the writing.
+  # The (name, None) markers make both files exist when they have no lines.
+  errors = read["rejects"] | "errors_json" >> beam.Map(lambda r: ("read_errors.jsonl", _to_json(r)))
+  counts_json = (counts
+                 | "flatten_counts" >> beam.Flatten()
+                 | "sum_counts" >> beam.CombinePerKey(_sum_pairs)
+                 | "counts_json" >> beam.Map(lambda kv: ("counts.jsonl", json.dumps([list(kv[0]), list(kv[1])]))))
+  markers = p | "small_files" >> beam.Create([("read_errors.jsonl", None), ("counts.jsonl", None)],
+                                             reshuffle=False)
+  _ = ((markers, errors, counts_json)
+       | "flatten_small" >> beam.Flatten()
+       | "group_small" >> beam.GroupByKey()
+       | "write_small" >> beam.Map(_write_lines, output))
   return stage_names
+
+
+def _write_lines(name_lines, output: str) -> None:
+  """Writes one small output file, output/name, from its (name, lines) group."""
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+  name, lines = name_lines
+  with FileSystems.create(os.path.join(output, name)) as f:
+    for line in lines:
+      if line is not None:
+        f.write(line.encode("utf-8") + b"\n")
 
 
 def run(config, inputs, output: str, beam_args=(), overwrite: bool = False,
