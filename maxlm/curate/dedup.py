@@ -403,7 +403,7 @@ def _sig_parts(batch, n_docs):
   for i, node in enumerate(nodes):
     by[_part_of(node, parts)].append(i)
   for g, idx in by.items():
-    yield g, ([nodes[i] for i in idx], sig_np[idx])
+    yield g, ("sig", ([nodes[i] for i in idx], sig_np[idx]))
 
 
 def _bucket_pairs(part_entries, max_verify, n_docs):
@@ -430,7 +430,18 @@ def _bucket_pairs(part_entries, max_verify, n_docs):
     for j in range(1, len(members)):
       pairs.update((members[j], members[k]) for k in range(min(j, max_verify)))
   parts = _parts(n_docs, _SIGS_PER_PART)
-  yield from _by_part([(uniq[a], uniq[b]) for a, b in sorted(pairs)], parts)
+  for g, batch in _by_part([(uniq[a], uniq[b]) for a, b in sorted(pairs)], parts):
+    yield g, ("pair", batch)
+
+
+def _untag(part_values) -> dict:
+  """A partition's tagged values ("sig" | "pair" | "half", value) -> {tag: [values]}: the
+  joins below are a Flatten and a GroupByKey of tagged values (a CoGroupByKey without
+  its 5 transforms per join)."""
+  out = collections.defaultdict(list)
+  for tag, value in part_values[1]:
+    out[tag].append(value)
+  return out
 
 
 def _sig_table(batches) -> dict:
@@ -443,7 +454,7 @@ def _attach_later(part_grouped, n_docs):
   Yields (partition, (pairs [(earlier, later)], later signatures [n, P])): one array per
   partition, not one pickled signature row per pair.
   """
-  _, grouped = part_grouped
+  grouped = _untag(part_grouped)
   sigs = _sig_table(grouped["sig"])
   parts = _parts(n_docs, _SIGS_PER_PART)
   by = collections.defaultdict(list)
@@ -451,14 +462,14 @@ def _attach_later(part_grouped, n_docs):
     for a, b in batch:
       by[_part_of(b, parts)].append((b, a))
   for g, pairs in by.items():
-    yield g, (pairs, np.stack([sigs[a] for _, a in pairs]))
+    yield g, ("half", (pairs, np.stack([sigs[a] for _, a in pairs])))
 
 
 def _verify(part_grouped, threshold, verify):
   """Join 2: keep a pair when its signatures' estimated Jaccard reaches the threshold.
 
   Yields the kept pairs (later, earlier) of a partition as one list (a batch of edges)."""
-  _, grouped = part_grouped
+  grouped = _untag(part_grouped)
   sigs = _sig_table(grouped["sig"])
   edges = []
   for pairs, sig_a_kp in grouped["half"]:
@@ -541,18 +552,23 @@ class NearDedup(beam.PTransform):
     sigs = batches | "signatures" >> beam.ParDo(_SignatureBatchFn(*self._sig_args))
     # The document count (which sizes the partitions) is summed over signature
     # batches: one element per batch, not per document.
-    n_docs = beam.pvalue.AsSingleton(sigs | "batch_sizes" >> beam.Map(lambda b: len(b[0]))
-                                     | "count_docs" >> beam.CombineGlobally(sum))
+    n_docs = beam.pvalue.AsSingleton(
+        sigs
+        | "batch_sizes" >> beam.Map(lambda b: (None, len(b[0])))
+        | "group_sizes" >> beam.GroupByKey()
+        | "count_docs" >> beam.Map(lambda kv: sum(kv[1])), default_value=0)
     sig_parts = sigs | "sig_parts" >> beam.FlatMap(_sig_parts, n_docs)
     pairs = (sigs
              | "lsh_parts" >> beam.FlatMap(_lsh_parts, n_docs, self.bands)
              | "buckets" >> beam.GroupByKey()
              | "candidates" >> beam.FlatMap(_bucket_pairs, self._max_verify, n_docs))
-    halves = ({"sig": sig_parts, "pair": pairs}
-              | "join_later" >> beam.CoGroupByKey()
+    halves = ((sig_parts, pairs)
+              | "flatten_later" >> beam.Flatten()
+              | "join_later" >> beam.GroupByKey()
               | "attach_later" >> beam.FlatMap(_attach_later, n_docs))
-    edge_batches = ({"sig": sig_parts, "half": halves}
-                    | "join_earlier" >> beam.CoGroupByKey()
+    edge_batches = ((sig_parts, halves)
+                    | "flatten_earlier" >> beam.Flatten()
+                    | "join_earlier" >> beam.GroupByKey()
                     | "verify" >> beam.FlatMap(_verify, self.threshold, self._verify))
     if self._cc == "union_find":
       kept_of = (edge_batches
