@@ -384,7 +384,9 @@ class _SignatureBatchFn(beam.DoFn):
 
 
 def _lsh_parts(batch, n_docs, bands):
-  """(partition, (band hashes, nodes)) of a signature batch; partitioned by band hash."""
+  """(partition, (band hashes, owner index into nodes, nodes)) of a signature batch,
+  partitioned by band hash. Each node goes once per partition with an index array per
+  entry, not once per band (25 tuples to encode per document)."""
   nodes, _, key_nb = batch
   parts = _parts(n_docs * bands, _LSH_ENTRIES_PER_PART)
   keys = key_nb.ravel()
@@ -392,7 +394,8 @@ def _lsh_parts(batch, n_docs, bands):
   part = keys % np.uint64(parts)
   for g in np.unique(part):
     sel = np.flatnonzero(part == g)
-    yield int(g), (keys[sel], [nodes[i] for i in owner[sel]])
+    used, local = np.unique(owner[sel], return_inverse=True)
+    yield int(g), (keys[sel], local, [nodes[i] for i in used])
 
 
 def _sig_parts(batch, n_docs):
@@ -413,13 +416,14 @@ def _bucket_pairs(part_entries, max_verify, n_docs):
   the first `max_verify` members before it.
   """
   _, entries = part_entries
-  keys = np.concatenate([k for k, _ in entries]) if entries else np.zeros(0, np.uint64)
-  nodes = [n for _, ns in entries for n in ns]
+  entries = list(entries)
+  keys = np.concatenate([k for k, _, _ in entries]) if entries else np.zeros(0, np.uint64)
   if len(keys) < 2:
     return
-  uniq = sorted(set(nodes))
+  uniq = sorted({n for _, _, ns in entries for n in ns})
   rank_of = {n: i for i, n in enumerate(uniq)}
-  rank = np.fromiter(map(rank_of.__getitem__, nodes), np.int64, len(nodes))
+  rank = np.concatenate([np.fromiter(map(rank_of.__getitem__, ns), np.int64, len(ns))[local]
+                         for _, local, ns in entries])
   order = np.lexsort((rank, keys))  # by band hash, then rank
   keys, rank = keys[order], rank[order]
   starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
