@@ -8,12 +8,19 @@ against the threshold (banding alone has a soft S-curve: with 128 permutations i
 cannot both catch 95% of pairs at s = 0.85 and pass fewer than 5% at 0.75), and
 the surviving pairs joined into clusters by connected components.
 
-Connected components run inside Beam as alternating large-star / small-star
-rounds (Kiveris et al. 2014, "Connected Components in MapReduce and Beyond"):
-each round is one GroupByKey over edges, no worker ever holds more than one
-node's neighbourhood, and O(log^2 n) rounds suffice. The rounds are unrolled
-(`cc_rounds`); a final check fails the run loudly if the graph is not yet a set
-of stars rather than emitting wrong clusters.
+Connected components, two ways (near_dedup.cc):
+- "union_find" (default): the verified edges -- O(near duplicates), not O(corpus)
+  -- are joined by a union-find CombineFn (each worker folds its own edges, one
+  merge joins the forests), bounded by `cc_max_nodes`; the removed ids then reach
+  the document batches as a side input, so documents never cross a shuffle in
+  near dedup. Above the bound the run stops and names the other way.
+- "rounds": alternating large-star / small-star rounds inside Beam (Kiveris et
+  al. 2014, "Connected Components in MapReduce and Beyond"): each round is one
+  GroupByKey over edges, no worker ever holds more than one node's neighbourhood,
+  and O(log^2 n) rounds suffice. The rounds are unrolled (`cc_rounds`); a final
+  check fails the run loudly if the graph is not yet a set of stars rather than
+  emitting wrong clusters. For corpora whose duplicates do not fit one worker.
+Both give the same clusters and the same kept document (tests/test_curate_dedup.py).
 
 Which copy is kept, in both dedups: the highest `quality_score` in meta, then
 the smallest id (`stages.rank_key`) -- the same document whatever the number of
