@@ -515,14 +515,16 @@ def _drop_near_dups(docs, kept_of):
   """Union-find path, a batch of documents: `kept_of` (a side input, O(near duplicates))
   maps each removed id to the id kept in its cluster. Batches, because the documents wait
   for that side input: the runner stores them, and a dozen lists cost it less than 10k
-  single documents."""
+  single documents. The rejects leave as one list per batch too ("reject_batches")."""
+  rejects = []
   for doc in docs:
     kept = kept_of.get(doc["id"])
     if kept is None:
       yield doc
     else:
-      yield beam.pvalue.TaggedOutput("rejects", make_reject(doc, "near_dedup", "near_duplicate",
-                                                             {"kept": kept}))
+      rejects.append(make_reject(doc, "near_dedup", "near_duplicate", {"kept": kept}))
+  if rejects:
+    yield beam.pvalue.TaggedOutput("rejects", rejects)
 
 
 def _cluster_sizes(kept_of: dict):
@@ -530,7 +532,8 @@ def _cluster_sizes(kept_of: dict):
 
 
 class NearDedup(beam.PTransform):
-  """MinHash-LSH near dedup: {"docs", "rejects", "cluster_sizes"} (sizes of clusters >= 2).
+  """MinHash-LSH near dedup: {"docs", "rejects", "cluster_sizes"} (sizes of clusters >= 2);
+  with cc="union_find" also "reject_batches" (the rejects as lists).
 
   Signatures are computed a batch of documents at a time (BatchElements); band
   hashes are bucketed per partition in numpy; candidate pairs are verified by two
@@ -559,7 +562,8 @@ class NearDedup(beam.PTransform):
     self._cc, self._cc_max_nodes, self._cc_rounds = cc, cc_max_nodes, cc_rounds
 
   def expand(self, docs):
-    batches = docs | "batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
+    # Fixed-size batches: every stage below pays per batch, and 1024 signatures are 1 MB.
+    batches = docs | "batch" >> beam.BatchElements(min_batch_size=1024, max_batch_size=1024)
     sigs = batches | "signatures" >> beam.ParDo(_SignatureBatchFn(*self._sig_args))
     # The document count (which sizes the partitions) is summed over signature
     # batches: one element per batch, not per document.
@@ -588,7 +592,10 @@ class NearDedup(beam.PTransform):
       out = batches | "split" >> beam.FlatMap(_drop_near_dups, beam.pvalue.AsSingleton(kept_of)).with_outputs(
           "rejects", main="docs")
       sizes = kept_of | "sizes" >> beam.FlatMap(_cluster_sizes)
-      return {"docs": out.docs, "rejects": out.rejects, "cluster_sizes": sizes}
+      # "reject_batches": lists of rejects, for a consumer that takes them whole (the
+      # pipeline's Flatten of every stage's rejects stores each element it gets).
+      return {"docs": out.docs, "rejects": out.rejects | "unbatch_rejects" >> beam.FlatMap(lambda b: b),
+              "reject_batches": out.rejects, "cluster_sizes": sizes}
     edges = edge_batches | "edges" >> beam.FlatMap(lambda batch: batch)
     leaves = edges | "components" >> ConnectedComponents(self._cc_rounds)
     # leaf node -> (leaf id, id of its cluster's kept document)

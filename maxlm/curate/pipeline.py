@@ -183,7 +183,7 @@ def build_pipeline(p: beam.Pipeline, config, inputs, output: str, progress_dir: 
       continue
     out = docs | ctor(**sub)
     docs = out["docs"]
-    rejects.append(out["rejects"])
+    rejects.append(out["reject_batches"] if "reject_batches" in out else out["rejects"])
     if "notes" in out:
       notes.append(out["notes"])
     counts.append(_count(docs, name, lambda r, name=name: (name, "kept", "")))
@@ -194,12 +194,15 @@ def build_pipeline(p: beam.Pipeline, config, inputs, output: str, progress_dir: 
       field = sub.get("score_field") or {"classifier": "quality_score", "model_score": "model_logprob"}[name]
       counts.append(docs | f"hist_{name}" >> beam.FlatMap(_score_bin, name, field, SCORE_HISTOGRAMS[name]))
     if "cluster_sizes" in out:
-      counts.append(out["cluster_sizes"]
-                    | "count_cluster_sizes" >> beam.Map(lambda n: (("near_dedup", "cluster_size", str(n)), (1, 0))))
+      counts.append(out["cluster_sizes"] | "count_cluster_sizes" >> beam.ParDo(
+          _CountFn(lambda n: [(("near_dedup", "cluster_size", str(n)), (1, 0))])))
     stage_names.append(name)
 
   # --- write ---
-  all_rejects = rejects | "flatten_rejects" >> beam.Flatten()
+  # Some stages give their rejects as lists (reject_batches): the Flatten stores a list
+  # for the price of one element.
+  all_rejects = (rejects | "flatten_rejects" >> beam.Flatten()
+                 | "unbatch_rejects" >> beam.FlatMap(lambda r: r if isinstance(r, list) else [r]))
   counts.append(_count(all_rejects, "rejects", lambda r: (r["stage"], "removed", r["rule"])))
   if notes:
     all_notes = notes | "flatten_notes" >> beam.Flatten()
