@@ -89,13 +89,18 @@ class _CountFn(beam.DoFn):
     self._sums = {}
 
   def process(self, r):
+    sums = self._sums
     for key, (docs, nbytes) in self._keys_fn(r):
-      d, b = self._sums.get(key, (0, 0))
-      self._sums[key] = (d + docs, b + nbytes)
+      acc = sums.get(key)
+      if acc is None:
+        sums[key] = [docs, nbytes]
+      else:
+        acc[0] += docs
+        acc[1] += nbytes
 
   def finish_bundle(self):
-    for kv in self._sums.items():
-      yield WindowedValue(kv, GlobalWindow().max_timestamp(), [GlobalWindow()])
+    for key, (docs, nbytes) in self._sums.items():
+      yield WindowedValue((key, (docs, nbytes)), GlobalWindow().max_timestamp(), [GlobalWindow()])
     self._sums = {}
 
 
@@ -103,7 +108,7 @@ def _count(pcoll, label: str, key_fn):
   """Counts (docs, bytes) per key_fn(r) = (stage, kind, key), and per source as (stage, "source_" + kind, source)."""
   def keys(r):
     (stage, kind, key), value = key_fn(r), (1, _nbytes(r))
-    return [((stage, kind, key), value), ((stage, "source_" + kind, str(r.get("source", ""))), value)]
+    return (((stage, kind, key), value), ((stage, "source_" + kind, str(r.get("source", ""))), value))
   return pcoll | f"count_{label}" >> beam.ParDo(_CountFn(keys))
 
 
@@ -227,7 +232,7 @@ def build_pipeline(p: beam.Pipeline, config, inputs, output: str, progress_dir: 
                            shard_tokens=shards["shard_tokens"])
   drop_text = not config.write.rejects_keep_text
   _ = (all_rejects
-       | "rejects_json" >> beam.Map(lambda r: _to_json({k: v for k, v in r.items() if not (drop_text and k == "text")}))
+       | "rejects_json" >> beam.Map(lambda r: _to_json({k: v for k, v in r.items() if k != "text"} if drop_text else r))
        | "write_rejects" >> beam.io.WriteToText(os.path.join(output, "rejects", "part"), ".jsonl.zst"))
   # read_errors.jsonl and counts.jsonl: one GroupByKey by file name, each file written
   # whole by one worker (both are small: counts per key, errors within the error budget);
