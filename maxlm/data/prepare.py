@@ -45,15 +45,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import itertools
 import json
 import os
 import threading
 import time
 
+import numpy as np
+
 from maxlm.data import beam as beam_lib
 from maxlm.data import config as config_lib
 from maxlm.data import doc_index
-from maxlm.data import pipeline
 from maxlm.data import readers as readers_lib
 from maxlm.data import shards as shards_lib
 from maxlm.data import sources as sources_lib
@@ -108,14 +111,23 @@ def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
   bar = None
   if progress:
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm(desc="prepare", unit="shard")
+    # The total is known up front: the bytes of the sources' files (compressed
+    # ones count the compressed bytes read). Built-in sources have no files
+    # to measure: without any file the bar shows counts and rates, no ETA.
+    total = input_bytes(data_config)
+    bar = tqdm(desc="prepare", total=total or None, unit="B", unit_scale=True,
+               bar_format=("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}B/{total_fmt}B read "
+                           "[{elapsed}<{remaining}, {rate_fmt}{postfix}]") if total else None)
   run = _Run(out_dir, tokenizer_path, sha, dtype, docs_per_shard, shard_tokens, bar)
   if workers == 1 and not beam_args:
     layout, errors, written = _prepare_in_process(data_config, run)
   else:
     layout, errors, written = _prepare_on_beam(data_config, run, workers, beam_args or ())
-  if bar is not None:  # the bar's last count is the manifest's shard count
-    bar.total = sum(len(lay[k]) for lay in layout.values() for k in ("train", "heldout"))
+  if bar is not None:  # the last line: every byte read, the manifest's shard count
+    run.shards = sum(len(lay[k]) for lay in layout.values() for k in ("train", "heldout"))
+    if bar.total:
+      bar.update(bar.total - bar.n)
+    run.show()
     bar.refresh()
     bar.close()
   shards_lib.write_errors(out_dir, errors)
@@ -124,6 +136,22 @@ def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
                               seconds=round(time.time() - t0, 2))
   shards_lib.write_json(old, manifest)
   return manifest
+
+
+def input_bytes(data_config) -> int:
+  """Bytes of every file the sources name (0 for built-in sources, which name none)."""
+  total = 0
+  for src in config_lib.iter_sources(data_config):
+    if src.get("paths"):
+      try:
+        total += sum(os.path.getsize(p) for p, _ in sources_lib.expand_paths(src))
+      except (OSError, FileNotFoundError):
+        pass  # reading the source reports it
+  return total
+
+
+def _si(n: int) -> str:
+  return f"{n / 1e9:.2f}G" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
 
 
 @dataclasses.dataclass
@@ -135,7 +163,11 @@ class _Run:
   dtype: str
   docs_per_shard: int
   shard_tokens: int
-  bar: object  # tqdm or None
+  bar: object  # tqdm or None: MB read of the sources' files / their total, with an ETA
+  shards: int = 0  # progress counts
+  docs: int = 0
+  tokens: int = 0  # tokenized now (finished shards of an earlier run are not re-tokenized)
+  read: dict = dataclasses.field(default_factory=dict)  # path -> bytes read
 
   def shard_path(self, name: str, split: str, k: int) -> tuple[str, str]:
     rel = os.path.join(name, f"{split}-{k:05d}")
@@ -150,8 +182,30 @@ class _Run:
         os.remove(os.path.join(d, f))
 
   def tick(self) -> None:
+    """A shard finished (or found finished)."""
+    self.shards += 1
+    self.show()
+
+  def advance(self, docs: int) -> None:
+    """Documents streamed (the progress line's count)."""
+    self.docs += docs
+
+  def add_tokens(self, tokens: int) -> None:
+    self.tokens += tokens
+
+  def read_to(self, path: str, position: int) -> None:
+    """`path` has been read up to byte `position` (compressed bytes for a
+    compressed file): the bar's MB read and its ETA move."""
+    self.read[path] = position
     if self.bar is not None:
-      self.bar.update(1)
+      n = sum(self.read.values())
+      self.bar.update(n - self.bar.n)
+      self.show()
+
+  def show(self) -> None:
+    if self.bar is not None:
+      self.bar.set_postfix_str(f"{self.shards} shards, {self.docs:,} docs, "
+                               f"{_si(self.tokens)} tokens", refresh=False)
 
 
 def _prepare_in_process(data_config, run: _Run):
@@ -211,14 +265,29 @@ def _stream_source(src, offset, fraction, per, run: _Run, errors):
   (pipeline.plan_sources: held out by unit_hash of the key without the source
   name, ids by file position). Returns (layout, documents, tokens written), or
   None when the split needs the whole source (no document fell in the
-  held-out fraction: planning holds out the lowest hash instead)."""
+  held-out fraction: planning holds out the lowest hash instead).
+
+  Documents go through in batches (a few thousand per reader block): the
+  split of a batch is one vectorised comparison, each split's documents are
+  handed on as lists, so the Python work per document is a few operations
+  beside the tokenizer's own (BENCHMARKS.md: prepare vs SentencePiece's
+  batch encode speed)."""
   name = src["name"]
   splits = {k: _SplitShards(run, name, k, per) for k in ("train", "heldout")}
   n = 0
-  for doc in sources_lib.iter_documents(src, errors):
-    held = fraction > 0 and doc_index.unit_hash(doc.key.split(":", 1)[1]) < fraction
-    splits["heldout" if held else "train"].add(doc.text, offset + n)
-    n += 1
+  for keys, texts in _document_batches(src, errors, run.read_to):
+    ids = range(offset + n, offset + n + len(texts))
+    held = held_out(keys, fraction)
+    if held.any():
+      keep = (~held).tolist()
+      splits["train"].add_batch(list(itertools.compress(texts, keep)),
+                                list(itertools.compress(ids, keep)))
+      held = held.tolist()
+      splits["heldout"].add_batch(list(itertools.compress(texts, held)),
+                                  list(itertools.compress(ids, held)))
+    else:
+      splits["train"].add_batch(texts, ids)
+    n += len(texts)
   n_held = splits["heldout"].docs
   if (fraction > 0 and n >= 2 and not n_held) or (n < 2 and n_held):
     for sp in splits.values():
@@ -228,38 +297,135 @@ def _stream_source(src, offset, fraction, per, run: _Run, errors):
   return {k: sp.rels for k, sp in splits.items()}, n, tokens
 
 
+def held_out(keys: list[str], fraction: float) -> np.ndarray:
+  """doc_index.unit_hash(key) < fraction for each key, as one array comparison
+  (the same floats: a uint64 over 2**64, rounded once either way)."""
+  if fraction <= 0 or not keys:
+    return np.zeros(len(keys), bool)
+  sha1 = hashlib.sha1
+  digests = b"".join([sha1(k.encode()).digest()[:8] for k in keys])
+  return np.frombuffer(digests, ">u8") / 2.0**64 < fraction
+
+
+_BATCH_DOCS = 4096  # documents per batch from the generic (non-JSONL) path
+
+
+def _document_batches(src, errors, read_to):
+  """(held-out keys, texts) of a source's documents in file order, in batches.
+
+  The key is the document's key without the source name (what plan_sources
+  hashes). JSONL sources read through readers.jsonl_text_batches (no Record
+  or Document per line); the other kinds through sources.iter_documents."""
+  if src["kind"] == "jsonl" and ":" not in src["name"]:
+    yield from _jsonl_batches(src, errors, read_to)
+    return
+  keys, texts, path = [], [], None
+  for doc in sources_lib.iter_documents(src, errors):
+    keys.append(doc.key.split(":", 1)[1])
+    texts.append(doc.text)
+    if doc.meta.get("path") != path:  # progress by whole files on this path
+      _file_done(path, read_to)
+      path = doc.meta.get("path")
+    if len(texts) >= _BATCH_DOCS:
+      yield keys, texts
+      keys, texts = [], []
+  _file_done(path, read_to)
+  if texts:
+    yield keys, texts
+  if src.get("paths"):
+    for p, _ in sources_lib.expand_paths(src):  # files without a document count as read too
+      _file_done(p, read_to)
+
+
+def _file_done(path, read_to) -> None:
+  if path and os.path.isfile(path):
+    read_to(path, os.path.getsize(path))
+
+
+def _jsonl_batches(src, errors, read_to):
+  """sources.iter_documents of a jsonl source, in batches: the same files, keys
+  (rel:line#piece), min_doc_chars / max_doc_chars / max_docs rules and error
+  log (tests/test_data_prepare.py compares the two on bad input)."""
+  field = src.get("text_field", "text")
+  min_chars, max_chars = src.get("min_doc_chars", 0), src.get("max_doc_chars", 0)
+  max_docs = src.get("max_docs") or 0
+  n = 0
+  for path, rel in sources_lib.expand_paths(src):
+    try:
+      for lines, texts in readers_lib.jsonl_text_batches(
+          path, errors, text_field=field, consumed=functools.partial(read_to, path)):
+        if not (min_chars or max_chars or max_docs):
+          yield [f"{rel}:{line}#0" for line in lines], texts
+          continue
+        keys, out = [], []
+        for line, text in zip(lines, texts):
+          if len(text) < min_chars:
+            continue  # a filter, not an error (sources._pieces)
+          pieces = doc_index.cut(text, max_chars)
+          if max_docs:
+            pieces = pieces[:max_docs - n]
+          n += len(pieces)
+          keys += [f"{rel}:{line}#{i}" for i in range(len(pieces))]
+          out += pieces
+          if max_docs and n >= max_docs:
+            break
+        if out:
+          yield keys, out
+        if max_docs and n >= max_docs:
+          return
+    except (OSError, ValueError, EOFError) as e:  # what readers.read_file counts for a file
+      errors.add(path, "unreadable_file", detail=f"{type(e).__name__}: {e}")
+    _file_done(path, read_to)
+
+
 class _SplitShards:
   """The shards of one source's split, filled in order; finished shards are skipped (resume)."""
 
   def __init__(self, run: _Run, name: str, split: str, per: int):
     self._run, self._name, self._split, self._per = run, name, split, per
     self.rels, self.written, self.docs = [], [], 0
-    self._batch, self._writer, self._in_shard, self._paths = [], None, 0, []
+    self._texts, self._ids, self._writer, self._in_shard, self._paths = [], [], None, 0, []
 
   def add(self, text: str, doc_id: int) -> None:
-    if self._in_shard == 0:
-      rel, path = self._run.shard_path(self._name, self._split, len(self.rels))
-      self.rels.append(rel)
-      done = shards_lib.shard_done(path, self._run.sha)
-      self._writer = None if done else shards_lib.ShardWriter(
-          path, self._run.tokenizer_path, self._run.sha, self._run.dtype)
-    self.docs += 1
-    self._in_shard += 1
-    if self._writer is not None:
-      self._batch.append((text, doc_id))
-      if len(self._batch) >= _ENCODE_BATCH:
-        self._writer.add(self._batch)
-        self._batch = []
-    if self._in_shard == self._per:
-      self._close_shard()
+    self.add_batch([text], [doc_id])
+
+  def add_batch(self, texts: list, doc_ids) -> None:
+    """Documents in order; cut into this split's shards of `per` documents."""
+    i, n = 0, len(texts)
+    while i < n:
+      if self._in_shard == 0:
+        rel, path = self._run.shard_path(self._name, self._split, len(self.rels))
+        self.rels.append(rel)
+        done = shards_lib.shard_done(path, self._run.sha)
+        self._writer = None if done else shards_lib.ShardWriter(
+            path, self._run.tokenizer_path, self._run.sha, self._run.dtype)
+      take = min(n - i, self._per - self._in_shard)
+      if self._writer is not None:
+        self._texts += texts[i:i + take]
+        self._ids += doc_ids[i:i + take]
+        if len(self._texts) >= _ENCODE_BATCH:
+          self._flush()
+      self.docs += take
+      self._in_shard += take
+      self._run.advance(take)
+      i += take
+      if self._in_shard == self._per:
+        self._close_shard()
+
+  def _flush(self) -> None:
+    before = self._writer.tokens
+    for a in range(0, len(self._texts), _ENCODE_BATCH):
+      self._writer.add_texts(self._texts[a:a + _ENCODE_BATCH], self._ids[a:a + _ENCODE_BATCH])
+    self._run.add_tokens(self._writer.tokens - before)
+    self._texts, self._ids = [], []
 
   def _close_shard(self) -> None:
     if self._writer is not None:
-      self._writer.add(self._batch)
+      self._flush()
       self.written.append(self._writer.close())
       self._paths.append(self._writer.path)
     self._run.tick()
-    self._batch, self._writer, self._in_shard = [], None, 0
+    self._texts, self._ids, self._writer, self._in_shard = [], [], None, 0
 
   def finish(self) -> list[int]:
     """Closes the last, partial shard; returns the tokens of each shard written now."""
@@ -304,6 +470,7 @@ def _write_range(path, tokenizer_path, sha, dtype, docs, start, stop) -> int:
 
 def _prepare_on_beam(data_config, run: _Run, workers, beam_args):
   """Plans every source, then Beam writes the missing shards in parallel."""
+  from maxlm.data import pipeline  # pylint: disable=g-import-not-at-top  (grain, jax: only to plan)
   plans = pipeline.plan_sources(data_config)
   budget = data_config.get("error_budget", -1)
   errors = {p.name: sources_lib.cached_index(p.config, budget)[1] for p in plans}
@@ -329,11 +496,8 @@ def _prepare_on_beam(data_config, run: _Run, workers, beam_args):
         tasks.append(_Task(path, run.tokenizer_path, run.sha, run.dtype,
                            dict(plan.config), base, lo, split, a, min(n, a + per)))
   todo = [t for t in tasks if not _done(t)]
-  if run.bar is not None:
-    run.bar.total = len(tasks)
-    run.bar.update(len(tasks) - len(todo))
   if todo:
-    _run_beam(todo, workers, beam_args, run.bar)
+    _run_beam(todo, workers, beam_args, run, len(tasks) - len(todo))
   return layout, errors, [shards_lib.read_json(t.path + ".json")["tokens"] for t in todo]
 
 
@@ -389,6 +553,7 @@ def _worker_plan(source_json: str, fields_json: str):
   c.sources = ml_collections.ConfigDict({src["name"]: {k: v for k, v in src.items()
                                                          if k != "name"}})
   c.schedule = ()
+  from maxlm.data import pipeline  # pylint: disable=g-import-not-at-top
   (plan,) = pipeline.plan_sources(c)
   return plan
 
@@ -411,7 +576,8 @@ def _beam_write(t: _Task) -> str:
   return t.path
 
 
-def _run_beam(todo: list[_Task], workers: int, beam_args, bar) -> None:
+def _run_beam(todo: list[_Task], workers: int, beam_args, run: _Run, done_before: int) -> None:
+  bar = run.bar
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   options, runner = beam_lib.pipeline_options(beam_args, workers)
   # Workers of the local runner are fresh interpreters: they must find maxlm.
@@ -421,12 +587,10 @@ def _run_beam(todo: list[_Task], workers: int, beam_args, bar) -> None:
   stop = threading.Event()
 
   def watch():  # the bar counts summaries as workers finish shards
-    seen = 0
     while not stop.wait(0.5):
-      n = sum(_done(t) for t in todo)
-      bar.update(n - seen)
-      seen = n
-    bar.update(sum(_done(t) for t in todo) - seen)
+      run.shards = done_before + sum(_done(t) for t in todo)
+      run.show()
+      bar.refresh()
 
   watcher = threading.Thread(target=watch, daemon=True) if bar is not None else None
   watcher and watcher.start()
@@ -446,7 +610,12 @@ def _run_beam(todo: list[_Task], workers: int, beam_args, bar) -> None:
 # Kept importable from here (older callers): the reader lives in shards.py.
 load_manifest = shards_lib.load_manifest
 split_source = shards_lib.split_source
-DecodeRecord = shards_lib.DecodeRecord
+
+
+def __getattr__(name):
+  if name == "DecodeRecord":  # made on first use (it imports grain)
+    return shards_lib.DecodeRecord
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv):

@@ -41,6 +41,7 @@ import collections
 import dataclasses
 import io
 import json
+import json.scanner
 import os
 import zlib
 from typing import Callable, Iterator
@@ -411,6 +412,103 @@ def _json_lines(path: str, errors: ErrorLog):
       errors.add(path, "malformed_jsonl", n, str(e))
       continue
     yield n, ((offset, len(raw)) if plain else None), line, rec
+
+
+_BYTES_WS = " \t\n\r\x0b\x0c"  # what bytes.strip() strips: blank-line test of _json_lines
+_JSON_WS = " \t\n\r"  # json's own whitespace (json.decoder.WHITESPACE)
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # the C scanner behind json.loads
+
+
+def jsonl_text_batches(path: str, errors: ErrorLog, *, text_field: str = "text",
+                       chunk: int = 4 * _CHUNK,
+                       consumed: Callable[[int], None] | None = None
+                       ) -> Iterator[tuple[list[int], list[str]]]:
+  """What read_jsonl yields, as (line numbers, texts) per block of ~`chunk` bytes.
+
+  For tokenize-once (maxlm.data.prepare), where per-document Python work is
+  the cost next to the tokenizer's: a block is decoded in one call and split
+  at newlines, each line parsed by json's C scanner directly, no Record or
+  span made. The same documents, line numbers and errors (kinds, lines and
+  details) as read_jsonl: anything unusual on a line (a parse error, invalid
+  UTF-8, a truncated stream) takes read_jsonl's own steps for it.
+  `consumed(bytes)` is told after each block how far into the file (the
+  compressed bytes, for a compressed one) reading has got: progress and ETA.
+  """
+  opened = open_stream(path, errors)
+  if opened is None:
+    return
+  f, _ = opened
+  underlying = f.raw._raw  # the file itself, under the decompressor (_Prefixed / _ChunkReader)
+  lineno, offset, tail = 0, 0, b""
+  with f:
+    while True:
+      try:
+        block = f.read1(chunk)
+      except TruncatedStream as e:  # _lines' message: the complete lines before the cut are kept
+        errors.add(path, "truncated_file" if offset else "unreadable_file", lineno + 1,
+                   f"{e} at uncompressed byte {offset}; {lineno} lines before it kept")
+        return
+      buf = tail + block
+      cut = len(buf) if not block else buf.rfind(b"\n") + 1
+      if not cut:
+        if not block:
+          return
+        tail = buf
+        continue
+      tail = buf[cut:]
+      lines, texts = _jsonl_block(buf[:cut], lineno, path, errors, text_field)
+      lineno += buf.count(b"\n", 0, cut) + (0 if buf[cut - 1:cut] == b"\n" else 1)
+      offset += cut
+      if consumed is not None:
+        consumed(underlying.tell())
+      if texts:
+        yield lines, texts
+      if not block:
+        return
+
+
+def _jsonl_block(raw: bytes, lineno: int, path: str, errors: ErrorLog,
+                 text_field: str) -> tuple[list[int], list[str]]:
+  """(line numbers, texts) of whole lines `raw`, the first numbered lineno + 1."""
+  try:
+    strs = raw.decode("utf-8").split("\n")
+  except UnicodeDecodeError:  # find the bad lines one by one (decode counts each)
+    strs = None
+  pieces = raw.split(b"\n") if strs is None else strs
+  if pieces[-1] in ("", b""):  # the block ends with a newline: no line after it
+    pieces.pop()
+  last = len(pieces) - 1
+  lines, texts = [], []
+  for i, s in enumerate(pieces):
+    n = lineno + i + 1
+    if not s.strip(_BYTES_WS if strs is not None else b" \t\n\r\x0b\x0c"):
+      continue
+    ended = i < last or raw.endswith(b"\n")  # _lines keeps the newline in the line it parses
+    if strs is None:
+      s = decode(s + b"\n" if ended else s, path, errors, n)
+    rec = None
+    try:
+      rec, end = _scan_json(s, 0)
+      if end != len(s) and s[end:].strip(_JSON_WS):
+        rec = None  # extra data: json.loads raises it, with its message, below
+    except (StopIteration, json.JSONDecodeError):
+      pass
+    if rec is None:  # null, or the line is not one JSON value: json.loads decides, as before
+      try:
+        rec = json.loads(s + "\n" if ended and strs is not None else s)
+      except json.JSONDecodeError as e:
+        errors.add(path, "malformed_jsonl", n, str(e))
+        continue
+    text = rec.get(text_field) if isinstance(rec, dict) else None
+    if not isinstance(text, str):
+      errors.add(path, "missing_field", n, f"no string field {text_field!r}")
+      continue
+    if not text or text.isspace():  # = not text.strip(), without a copy
+      errors.add(path, "empty_document", n)
+      continue
+    lines.append(n)
+    texts.append(text)
+  return lines, texts
 
 
 def _whole(path: str, errors: ErrorLog) -> tuple[bytes, bool] | None:
