@@ -11,6 +11,7 @@ import pytest
 from maxlm import data
 from maxlm.data import pipeline
 from maxlm.data import prepare as prepare_lib
+from maxlm.data import prepare_stream
 from maxlm.data import tokenizer as tokenizer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -202,7 +203,7 @@ def test_streamed_jsonl_documents_equal_iter_documents(tmp_path, rules):
                                **rules), name="web")
   want_log, got_log = readers.ErrorLog(), readers.ErrorLog()
   want = [(d.key.split(":", 1)[1], d.text) for d in sources_lib.iter_documents(src, want_log)]
-  got = [x for keys, texts in prepare_lib._document_batches(src, got_log, lambda p, n: None)
+  got = [x for keys, texts in prepare_stream.document_batches(src, got_log)
          for x in zip(keys, texts)]
   assert got == want and len(want) == (37 if rules else 76)
   assert dict(got_log.counts) == dict(want_log.counts)
@@ -214,7 +215,7 @@ def test_held_out_equals_unit_hash():
   keys = [f"raw/part-{rng.integers(1e6)}.jsonl:{rng.integers(1e9)}#0" for _ in range(5000)]
   for fraction in (0.0, 1e-3, 0.05, 0.5, 1.0):
     want = np.array([fraction > 0 and doc_index.unit_hash(k) < fraction for k in keys])
-    assert (prepare_lib.held_out(keys, fraction) == want).all(), fraction
+    assert (prepare_stream.held_out(keys, fraction) == want).all(), fraction
 
 
 def test_beam_options_default_to_local_processes():
@@ -335,6 +336,59 @@ def test_cli_on_beam_writes_the_same_shards(prepared, tmp_path):
   # Beam's local workers are quiet too (they logged ~12 INFO lines each).
   assert "INFO:apache_beam" not in res.stderr, res.stderr[-2000:]
   assert "manifest:" in res.stdout
+
+
+def _records(out, manifest):
+  """{shard: [(doc id, tokens)]} of every shard in the manifest."""
+  from maxlm.data import shards as shards_lib
+  from array_record.python import array_record_module as arm
+  got = {}
+  for s in manifest["sources"].values():
+    for split in ("train", "heldout"):
+      for shard in s[split]["shards"]:
+        r = arm.ArrayRecordReader(os.path.join(out, shard))
+        got[shard] = [(i, t.tolist()) for i, t in (
+            shards_lib.decode_record(x, manifest["dtype"]) for x in r.read_all())]
+        r.close()
+  return got
+
+
+def test_beam_prepare_over_byte_ranges_equals_in_process(prepared, tmp_path):
+  # Beam (DirectRunner's multi_processing, 2 workers) reads JSONL files as byte
+  # ranges (here ~3 kB: a file is many ranges, lines cut across them) and a .gz
+  # whole; the shards hold the same documents, ids and tokens as the
+  # in-process prepare's, the manifest the same counts, errors.json the same log.
+  import gzip
+  tok = prepared[0]
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  _jsonl_corpus(raw / "a.jsonl", 150, words=20)
+  with open(raw / "a.jsonl", "ab") as f:
+    f.write(_bad_jsonl_bytes())
+  _jsonl_corpus(raw / "b.jsonl", 90, seed=1, words=20)
+  with open(raw / "b.jsonl", "rb") as f, gzip.open(raw / "c.jsonl.gz", "wb") as g:
+    g.write(f.read())
+  (raw / "b.jsonl").unlink()
+  _jsonl_corpus(raw / "d.jsonl", 40, seed=2, words=20)
+  c = _jsonl_config([str(raw / "*.jsonl*")])
+  c.heldout_fraction = 0.1
+  ref, out = str(tmp_path / "ref"), str(tmp_path / "beam")
+  want = prepare_lib.prepare(c, tok, ref, docs_per_shard=16, progress=False)
+  got = prepare_lib.prepare(c, tok, out, docs_per_shard=16, progress=False, workers=2,
+                            range_bytes=3000, beam_args=["--direct_running_mode=multi_processing"])
+
+  assert len(prepare_stream.make_ranges(dict(c.sources.web, name="web"), 3000)) >= 8
+  assert got["sources"] == want["sources"]
+  assert got["sources"]["web"]["heldout"]["docs"] > 10
+  assert _records(out, got) == _records(ref, want)
+  assert json.load(open(os.path.join(out, "errors.json"))) == json.load(
+      open(os.path.join(ref, "errors.json")))
+  # Only the small per-range results stay beside the shards; a rerun writes nothing.
+  left = os.listdir(os.path.join(out, "_ranges", "web"))
+  assert left and not [f for f in left if f.endswith(".array_record")]
+  again = prepare_lib.prepare(c, tok, out, docs_per_shard=16, progress=False, workers=2,
+                              range_bytes=3000)
+  assert again["last_run"]["shards_written"] == 0 and again["sources"] == want["sources"]
 
 
 def _jsonl_corpus(path, n_docs, seed=0, words=60):

@@ -57,6 +57,7 @@ import numpy as np
 from maxlm.data import beam as beam_lib
 from maxlm.data import config as config_lib
 from maxlm.data import doc_index
+from maxlm.data import prepare_stream as stream
 from maxlm.data import readers as readers_lib
 from maxlm.data import shards as shards_lib
 from maxlm.data import sources as sources_lib
@@ -68,24 +69,10 @@ _SAMPLE_DOCS = 64  # documents tokenized to estimate tokens per document
 _ENCODE_BATCH = 512  # documents per SentencePiece batch call while writing a shard
 
 
-@dataclasses.dataclass(frozen=True)
-class _Task:
-  """One shard: documents [start, stop) of a source's split."""
-  path: str  # shard path without extension
-  tokenizer_path: str
-  tokenizer_sha: str
-  dtype: str
-  source: dict  # the source's config entry (for re-planning on a worker)
-  data_config: dict  # fields plan_sources reads besides the sources
-  offset: int  # the source's first global doc id (a worker plans it alone, from 0)
-  split: str
-  start: int
-  stop: int
-
-
 def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
             docs_per_shard: int = 0, shard_tokens: int = SHARD_TOKENS,
-            progress: bool = True, beam_args=None) -> dict:
+            progress: bool = True, beam_args=None,
+            range_bytes: int = stream.RANGE_BYTES) -> dict:
   """Writes (or completes) the shards and manifest; returns the manifest.
 
   workers=1 and no beam_args: in this process, streaming each source once
@@ -122,7 +109,8 @@ def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
   if workers == 1 and not beam_args:
     layout, errors, written = _prepare_in_process(data_config, run)
   else:
-    layout, errors, written = _prepare_on_beam(data_config, run, workers, beam_args or ())
+    layout, errors, written = _prepare_on_beam(data_config, run, workers, beam_args or (),
+                                               range_bytes)
   if bar is not None:  # the last line: every byte read, the manifest's shard count
     run.shards = sum(len(lay[k]) for lay in layout.values() for k in ("train", "heldout"))
     if bar.total:
@@ -275,9 +263,9 @@ def _stream_source(src, offset, fraction, per, run: _Run, errors):
   name = src["name"]
   splits = {k: _SplitShards(run, name, k, per) for k in ("train", "heldout")}
   n = 0
-  for keys, texts in _document_batches(src, errors, run.read_to):
+  for keys, texts in stream.document_batches(src, errors, run.read_to):
     ids = range(offset + n, offset + n + len(texts))
-    held = held_out(keys, fraction)
+    held = stream.held_out(keys, fraction)
     if held.any():
       keep = (~held).tolist()
       splits["train"].add_batch(list(itertools.compress(texts, keep)),
@@ -295,87 +283,6 @@ def _stream_source(src, offset, fraction, per, run: _Run, errors):
     return None
   tokens = [t for sp in splits.values() for t in sp.finish()]
   return {k: sp.rels for k, sp in splits.items()}, n, tokens
-
-
-def held_out(keys: list[str], fraction: float) -> np.ndarray:
-  """doc_index.unit_hash(key) < fraction for each key, as one array comparison
-  (the same floats: a uint64 over 2**64, rounded once either way)."""
-  if fraction <= 0 or not keys:
-    return np.zeros(len(keys), bool)
-  sha1 = hashlib.sha1
-  digests = b"".join([sha1(k.encode()).digest()[:8] for k in keys])
-  return np.frombuffer(digests, ">u8") / 2.0**64 < fraction
-
-
-_BATCH_DOCS = 4096  # documents per batch from the generic (non-JSONL) path
-
-
-def _document_batches(src, errors, read_to):
-  """(held-out keys, texts) of a source's documents in file order, in batches.
-
-  The key is the document's key without the source name (what plan_sources
-  hashes). JSONL sources read through readers.jsonl_text_batches (no Record
-  or Document per line); the other kinds through sources.iter_documents."""
-  if src["kind"] == "jsonl" and ":" not in src["name"]:
-    yield from _jsonl_batches(src, errors, read_to)
-    return
-  keys, texts, path = [], [], None
-  for doc in sources_lib.iter_documents(src, errors):
-    keys.append(doc.key.split(":", 1)[1])
-    texts.append(doc.text)
-    if doc.meta.get("path") != path:  # progress by whole files on this path
-      _file_done(path, read_to)
-      path = doc.meta.get("path")
-    if len(texts) >= _BATCH_DOCS:
-      yield keys, texts
-      keys, texts = [], []
-  _file_done(path, read_to)
-  if texts:
-    yield keys, texts
-  if src.get("paths"):
-    for p, _ in sources_lib.expand_paths(src):  # files without a document count as read too
-      _file_done(p, read_to)
-
-
-def _file_done(path, read_to) -> None:
-  if path and os.path.isfile(path):
-    read_to(path, os.path.getsize(path))
-
-
-def _jsonl_batches(src, errors, read_to):
-  """sources.iter_documents of a jsonl source, in batches: the same files, keys
-  (rel:line#piece), min_doc_chars / max_doc_chars / max_docs rules and error
-  log (tests/test_data_prepare.py compares the two on bad input)."""
-  field = src.get("text_field", "text")
-  min_chars, max_chars = src.get("min_doc_chars", 0), src.get("max_doc_chars", 0)
-  max_docs = src.get("max_docs") or 0
-  n = 0
-  for path, rel in sources_lib.expand_paths(src):
-    try:
-      for lines, texts in readers_lib.jsonl_text_batches(
-          path, errors, text_field=field, consumed=functools.partial(read_to, path)):
-        if not (min_chars or max_chars or max_docs):
-          yield [f"{rel}:{line}#0" for line in lines], texts
-          continue
-        keys, out = [], []
-        for line, text in zip(lines, texts):
-          if len(text) < min_chars:
-            continue  # a filter, not an error (sources._pieces)
-          pieces = doc_index.cut(text, max_chars)
-          if max_docs:
-            pieces = pieces[:max_docs - n]
-          n += len(pieces)
-          keys += [f"{rel}:{line}#{i}" for i in range(len(pieces))]
-          out += pieces
-          if max_docs and n >= max_docs:
-            break
-        if out:
-          yield keys, out
-        if max_docs and n >= max_docs:
-          return
-    except (OSError, ValueError, EOFError) as e:  # what readers.read_file counts for a file
-      errors.add(path, "unreadable_file", detail=f"{type(e).__name__}: {e}")
-    _file_done(path, read_to)
 
 
 class _SplitShards:
@@ -468,37 +375,179 @@ def _write_range(path, tokenizer_path, sha, dtype, docs, start, stop) -> int:
   return w.close()
 
 
-def _prepare_on_beam(data_config, run: _Run, workers, beam_args):
-  """Plans every source, then Beam writes the missing shards in parallel."""
-  from maxlm.data import pipeline  # pylint: disable=g-import-not-at-top  (grain, jax: only to plan)
-  plans = pipeline.plan_sources(data_config)
+def _prepare_on_beam(data_config, run: _Run, workers, beam_args, range_bytes):
+  """Beam over byte ranges (maxlm.data.prepare_stream): no worker plans or holds
+  a source, and the shards, ids and manifest equal the in-process prepare's.
+  Sources with an order_by (a curriculum needs every document) and a source
+  whose held-out split needs the whole source are planned here, as in-process."""
   budget = data_config.get("error_budget", -1)
-  errors = {p.name: sources_lib.cached_index(p.config, budget)[1] for p in plans}
-  cut = _saved_cut(run, [p.name for p in plans])
-  for plan in plans:
-    if plan.name not in cut:
-      cut[plan.name] = _docs_per_shard(
-          run, [plan.train[i][0] for i in range(min(_SAMPLE_DOCS, len(plan.train)))])
+  fraction = data_config.heldout_fraction
+  srcs = list(config_lib.iter_sources(data_config))
+  cut = _saved_cut(run, [s["name"] for s in srcs])
+  for src in srcs:
+    if src["name"] not in cut:
+      cut[src["name"]] = _docs_per_shard(
+          run, [] if run.docs_per_shard else _stream_sample(src, fraction))
   _save_cut(run, cut)
-  tasks, layout = [], {}
-  base = _plan_fields(data_config)
-  for plan in plans:
-    run.clean(plan.name)
-    lo, hi = pipeline.id_range(plan)
-    layout[plan.name] = dict(domain=plan.config["domain"], train=[], heldout=[],
-                             doc_id_range=[lo, hi])
-    per = cut[plan.name]
-    for split in ("train", "heldout"):
-      n = len(getattr(plan, split))
-      for k, a in enumerate(range(0, n, per)):
-        rel, path = run.shard_path(plan.name, split, k)
-        layout[plan.name][split].append(rel)
-        tasks.append(_Task(path, run.tokenizer_path, run.sha, run.dtype,
-                           dict(plan.config), base, lo, split, a, min(n, a + per)))
-  todo = [t for t in tasks if not _done(t)]
-  if todo:
-    _run_beam(todo, workers, beam_args, run, len(tasks) - len(todo))
-  return layout, errors, [shards_lib.read_json(t.path + ".json")["tokens"] for t in todo]
+  job = stream.Job(run.out_dir, run.tokenizer_path, run.sha, run.dtype, fraction)
+  ranges = {}
+  for src in srcs:
+    run.clean(src["name"])
+    if not src.get("order_by"):
+      ranges[src["name"]] = _saved_ranges(job, src, range_bytes)
+  flat = [r for rs in ranges.values() for r in rs]
+  beam = functools.partial(_beam_map, workers=workers, beam_args=beam_args)
+  # Pass 1: line numbers of the ranges that start inside a file.
+  beam(stream.count_lines, job, [(r,) for r in flat
+                                 if r.ranged and not os.path.exists(stream.lines_path(job, r))])
+  linenos = {}
+  for rs in ranges.values():
+    before = {}
+    for r in rs:
+      if r.ranged:
+        linenos[r] = stream.first_line(before.get(r.path, 0), r)
+        before[r.path] = before.get(r.path, 0) + shards_lib.read_json(
+            stream.lines_path(job, r))["newlines"]
+  # Pass 2: segments (tokenized ranges), with the bar following the results.
+  todo = [r for r in flat if not os.path.exists(stream.result_path(job, r))]
+  results = {}
+  watch = _Watch(run, job, flat)
+  with watch:
+    beam(stream.write_segment, job, [(r, linenos.get(r, 0)) for r in todo])
+    results.update({r: shards_lib.read_json(stream.result_path(job, r)) for r in flat})
+    layout, errors, written, offset, bad, tasks = {}, {}, [], 0, 0, []
+    for src in srcs:
+      name = src["name"]
+      rs = ranges.get(name)
+      res = [results[r] for r in rs] if rs else []
+      n, n_held = sum(x["docs"] for x in res), sum(x["heldout"] for x in res)
+      if rs is not None and not ((fraction > 0 and n >= 2 and not n_held) or (n < 2 and n_held)):
+        errors[name] = readers_lib.ErrorLog()
+        for x in res:
+          stream.merge_log(errors[name], x["errors"])
+        lay, shard_tasks = _shards_of(job, run, name, rs, res, offset, cut[name])
+        tasks += shard_tasks
+      else:  # planned here (ordered; or no document fell in the held-out fraction)
+        plan = _worker_plan(json.dumps(dict(src), sort_keys=True, default=list),
+                            json.dumps(_plan_fields(data_config), sort_keys=True, default=list))
+        _, errors[name] = sources_lib.cached_index(src, budget)
+        lay, n, tokens = _write_planned(plan, offset, cut[name], run)
+        written += tokens
+      if not n:
+        raise ValueError(f"data.sources.{name}: no documents")
+      bad += errors[name].total
+      if 0 <= budget < bad:
+        raise sources_lib.DataErrorBudgetExceeded(
+            f"data error budget exceeded: {bad} bad inputs over all sources > "
+            f"data.error_budget={budget}; see data.error_report(config)")
+      layout[name] = dict(domain=src["domain"], train=lay["train"], heldout=lay["heldout"],
+                          doc_id_range=[offset, offset + n])
+      offset += n
+    # A segment a missing shard needs but a finished run removed: tokenize its range again.
+    todo = [s for s in tasks if not shards_lib.shard_done(s.path, run.sha)]
+    lost = {seg for s in todo for seg, *_ in s.segments
+            if not os.path.exists(seg + ".array_record")}
+    redo = [r for r in flat if any(stream.segment_path(job, r, k) in lost
+                                   for k in ("train", "heldout"))]
+    beam(stream.write_segment, job, [(r, linenos.get(r, 0)) for r in redo])
+    # Pass 3: the shards, each copied out of the segments covering it.
+    watch.shards(tasks, len(tasks) - len(todo))
+    beam(stream.assemble, job, [(s,) for s in todo])
+  missing = [s.path for s in todo if not shards_lib.shard_done(s.path, run.sha)]
+  if missing:
+    raise RuntimeError(f"prepare: {len(missing)} shards were not written, e.g. {missing[0]}")
+  written += [shards_lib.read_json(s.path + ".json")["tokens"] for s in todo]
+  for r in flat:  # the segments are copied: only the small results stay (a rerun skips)
+    for k in ("train", "heldout"):
+      for ext in (".array_record", ".json"):
+        if os.path.exists(stream.segment_path(job, r, k) + ext):
+          os.remove(stream.segment_path(job, r, k) + ext)
+  return layout, errors, written
+
+
+def _saved_ranges(job, src, range_bytes) -> list:
+  """The source's ranges as the first run cut them (a rerun must number lines alike)."""
+  path = os.path.join(job.dir(src["name"]), "ranges.json")
+  source = json.dumps(dict(src), sort_keys=True, default=list)
+  if os.path.exists(path):
+    saved = shards_lib.read_json(path)
+    if saved["source"] == source:
+      return [stream.Range(source, i, *r) for i, r in enumerate(saved["ranges"])]
+  os.makedirs(job.dir(src["name"]), exist_ok=True)
+  for f in os.listdir(job.dir(src["name"])):  # results of other ranges are stale
+    os.remove(os.path.join(job.dir(src["name"]), f))
+  rs = stream.make_ranges(src, range_bytes)
+  shards_lib.write_json(path, dict(source=source,
+                                   ranges=[[r.path, r.rel, r.start, r.end] for r in rs]))
+  return rs
+
+
+def _shards_of(job, run: _Run, name, rs, res, offset, per):
+  """(layout, stream.Shard tasks) of a streamed source: documents [k*per, (k+1)*per)
+  of each split, as the in-process cut, from the ranges' counts."""
+  lay, tasks = {}, []
+  for split in ("train", "heldout"):
+    segs, pos, before = [], 0, 0
+    for r, x in zip(rs, res):
+      segs.append((stream.segment_path(job, r, split), pos, x[split], offset + before))
+      pos += x[split]
+      before += x["docs"]
+    lay[split] = []
+    for k, a in enumerate(range(0, pos, per)):
+      rel, path = run.shard_path(name, split, k)
+      lay[split].append(rel)
+      b = min(pos, a + per)
+      tasks.append(stream.Shard(path, split, a, b, tuple(
+          sg for sg in segs if sg[2] and sg[1] < b and sg[1] + sg[2] > a)))
+  return lay, tasks
+
+
+class _Watch:
+  """The bar while Beam runs: MB read by the finished ranges (pass 2), their
+  documents and tokens, then the shards assembled (pass 3), polled from the
+  small result files the workers write."""
+
+  def __init__(self, run: _Run, job, ranges):
+    self._run, self._job, self._ranges, self._seen = run, job, ranges, {}
+    self._tasks, self._done_before, self._done = [], 0, set()
+    self._stop = threading.Event()
+    self._thread = None
+
+  def shards(self, tasks, done_before):
+    self._tasks, self._done_before = tasks, done_before
+    self._poll()
+
+  def _poll(self):
+    run = self._run
+    for r in self._ranges:
+      if r not in self._seen and os.path.exists(stream.result_path(self._job, r)):
+        x = shards_lib.read_json(stream.result_path(self._job, r))
+        self._seen[r] = x
+        run.docs += x["docs"]
+        run.tokens += x["tokens"]
+        run.read[f"{r.path or r.source}@{r.start}"] = r.bytes()
+    self._done.update(t.path for t in self._tasks
+                      if t.path not in self._done and shards_lib.shard_done(t.path, run.sha))
+    run.shards = self._done_before + len(self._done)
+    if run.bar is not None:
+      run.bar.update(sum(run.read.values()) - run.bar.n)
+      run.show()
+      run.bar.refresh()
+
+  def __enter__(self):
+    if self._run.bar is not None:
+      def loop():
+        while not self._stop.wait(0.5):
+          self._poll()
+      self._thread = threading.Thread(target=loop, daemon=True)
+      self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()
+      self._poll()
 
 
 def _plan_fields(data_config) -> dict:
@@ -535,15 +584,6 @@ def _docs_per_shard(run: _Run, sample: list[str]) -> int:
   return max(1, int(run.shard_tokens / per_doc))
 
 
-def _done(t: _Task) -> bool:
-  return shards_lib.shard_done(t.path, t.tokenizer_sha)
-
-
-def _write_shard(t: _Task, docs) -> int:
-  """Writes documents [t.start, t.stop) of `docs` (a plan split); returns tokens."""
-  return _write_range(t.path, t.tokenizer_path, t.tokenizer_sha, t.dtype, docs, t.start, t.stop)
-
-
 @functools.lru_cache(maxsize=2)
 def _worker_plan(source_json: str, fields_json: str):
   """A worker's plan of one source (ids shifted by the caller's offset)."""
@@ -569,42 +609,25 @@ class _Shifted:
     return text, d + self._offset
 
 
-def _beam_write(t: _Task) -> str:
-  plan = _worker_plan(json.dumps(t.source, sort_keys=True, default=list),
-                      json.dumps(t.data_config, sort_keys=True, default=list))
-  _write_shard(t, _Shifted(getattr(plan, t.split), t.offset))
-  return t.path
+def _apply(fn, job, args):
+  fn(job, *args)
 
 
-def _run_beam(todo: list[_Task], workers: int, beam_args, run: _Run, done_before: int) -> None:
-  bar = run.bar
+def _beam_map(fn, job, elements, workers: int, beam_args) -> None:
+  """fn(job, *element) for each element on Beam (nothing is collected: each
+  writes its result beside the shards)."""
+  if not elements:
+    return
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   options, runner = beam_lib.pipeline_options(beam_args, workers)
   # Workers of the local runner are fresh interpreters: they must find maxlm.
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   os.environ["PYTHONPATH"] = os.pathsep.join(
       [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-  stop = threading.Event()
-
-  def watch():  # the bar counts summaries as workers finish shards
-    while not stop.wait(0.5):
-      run.shards = done_before + sum(_done(t) for t in todo)
-      run.show()
-      bar.refresh()
-
-  watcher = threading.Thread(target=watch, daemon=True) if bar is not None else None
-  watcher and watcher.start()
-  try:
-    with beam.Pipeline(runner=runner, options=options) as p:
-      _ = (p | "shards" >> beam.Create(todo)
-           | "spread" >> beam.Reshuffle()
-           | "write" >> beam.Map(_beam_write))
-  finally:
-    stop.set()
-    watcher and watcher.join()
-  missing = [t.path for t in todo if not _done(t)]
-  if missing:
-    raise RuntimeError(f"prepare: {len(missing)} shards were not written, e.g. {missing[0]}")
+  with beam.Pipeline(runner=runner, options=options) as p:
+    _ = (p | "units" >> beam.Create(elements)
+         | "spread" >> beam.Reshuffle()
+         | fn.__name__ >> beam.Map(functools.partial(_apply, fn, job)))
 
 
 # Kept importable from here (older callers): the reader lives in shards.py.
@@ -625,7 +648,7 @@ def main(argv):
   f = flags.FLAGS
   m = prepare(data_config, f.tokenizer, f.out, workers=f.workers, docs_per_shard=f.docs_per_shard,
               shard_tokens=f.shard_tokens, beam_args=argv[1:] or None,
-              progress=f.progress)
+              progress=f.progress, range_bytes=f.range_bytes)
   for name, s in m["sources"].items():
     print(f"{name:16s} {s['domain']:10s} {s['train']['docs']:8d} docs {s['train']['tokens']:12d} "
           f"tokens ({len(s['train']['shards'])} shards), held out {s['heldout']['docs']} docs "
@@ -648,6 +671,8 @@ if __name__ == "__main__":
   flags.DEFINE_integer("shard_tokens", SHARD_TOKENS, "Target tokens per shard.")
   flags.DEFINE_integer("docs_per_shard", 0, "Documents per shard (0 = from shard_tokens).")
   flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+  flags.DEFINE_integer("range_bytes", stream.RANGE_BYTES, "On Beam: bytes of a JSONL file per "
+                       "unit of work.")
   # Flags prepare does not define are Beam pipeline options.
   rest = flags.FLAGS(sys.argv, known_only=True)
   from maxlm.monitor.logs import absl_verbosity, quiet_library_logs  # pylint: disable=g-import-not-at-top

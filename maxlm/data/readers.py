@@ -467,6 +467,62 @@ def jsonl_text_batches(path: str, errors: ErrorLog, *, text_field: str = "text",
         return
 
 
+def jsonl_range_batches(path: str, errors: ErrorLog, start: int, end: int, lineno: int, *,
+                        text_field: str = "text", chunk: int = 4 * _CHUNK
+                        ) -> Iterator[tuple[list[int], list[str]]]:
+  """jsonl_text_batches of the lines of a plain (uncompressed) file that start
+  in bytes [start, end): the unit of work of prepare on Beam, where workers
+  read byte ranges of one file. `lineno` is the number of lines before the
+  first such line (count_newlines of the earlier ranges, plus one for a range
+  not at 0), so line numbers, keys and errors are those of reading the file
+  whole. A line belongs to the range its first byte is in."""
+  with open(path, "rb") as f:
+    base = 0
+    if start > 0:  # the first line starting at or after `start`
+      f.seek(start - 1)
+      base = start - 1 + len(f.readline())
+    buf = b""
+    while base < end:
+      block = f.read(chunk)
+      buf += block
+      if not block:  # end of file: a last line without a newline
+        if buf:
+          yield from _numbered(buf, lineno, path, errors, text_field)
+        return
+      cut = buf.rfind(b"\n") + 1
+      if not cut:
+        continue
+      if base + cut > end:  # the range ends inside: up to the line holding byte end - 1
+        cut = buf.find(b"\n", max(0, end - 1 - base)) + 1
+        yield from _numbered(buf[:cut], lineno, path, errors, text_field)
+        return
+      yield from _numbered(buf[:cut], lineno, path, errors, text_field)
+      lineno += buf.count(b"\n", 0, cut)
+      base += cut
+      buf = buf[cut:]
+
+
+def _numbered(raw, lineno, path, errors, text_field):
+  lines, texts = _jsonl_block(raw, lineno, path, errors, text_field)
+  if texts:
+    yield lines, texts
+
+
+def count_newlines(path: str, start: int, end: int, chunk: int = 4 * _CHUNK) -> int:
+  """Newline bytes in [start, end) of a file (the line numbers of a byte range)."""
+  n = 0
+  with open(path, "rb") as f:
+    f.seek(start)
+    left = end - start
+    while left > 0:
+      block = f.read(min(chunk, left))
+      if not block:
+        break
+      n += block.count(b"\n")
+      left -= len(block)
+  return n
+
+
 def _jsonl_block(raw: bytes, lineno: int, path: str, errors: ErrorLog,
                  text_field: str) -> tuple[list[int], list[str]]:
   """(line numbers, texts) of whole lines `raw`, the first numbered lineno + 1."""

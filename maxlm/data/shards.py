@@ -106,6 +106,14 @@ class ShardWriter:
     self.docs += len(texts)
     self.tokens += n_tok
 
+  def add_record(self, doc_id: int, token_bytes: bytes, itemsize: int) -> None:
+    """One document's tokens already as this shard's bytes (a segment's record)."""
+    self._w.write(HEADER.pack(doc_id) + token_bytes)
+    self.docs += 1
+    self.tokens += len(token_bytes) // itemsize
+    lo, hi = self._ids
+    self._ids = (min(lo, doc_id), max(hi, doc_id + 1)) if self.docs > 1 else (doc_id, doc_id + 1)
+
   def add_tokens(self, doc_id: int, toks) -> None:
     """One document already tokenized (with this writer's tokenizer)."""
     self._w.write(encode_record(doc_id, toks, self._dtype))
