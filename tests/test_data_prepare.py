@@ -375,7 +375,8 @@ def test_beam_prepare_over_byte_ranges_equals_in_process(prepared, tmp_path):
   ref, out = str(tmp_path / "ref"), str(tmp_path / "beam")
   want = prepare_lib.prepare(c, tok, ref, docs_per_shard=16, progress=False)
   got = prepare_lib.prepare(c, tok, out, docs_per_shard=16, progress=False, workers=2,
-                            range_bytes=3000, beam_args=["--direct_running_mode=multi_processing"])
+                            range_bytes=3000, beam_args=["--runner=DirectRunner",
+                                                         "--direct_running_mode=multi_processing"])
 
   assert len(prepare_stream.make_ranges(dict(c.sources.web, name="web"), 3000)) >= 8
   assert got["sources"] == want["sources"]

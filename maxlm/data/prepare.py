@@ -24,13 +24,19 @@ What happens:
      per shard are fixed from a sample of the source's first documents (or
      `docs_per_shard`) and saved in prepare_plan.json, so a rerun cuts identically.
   3. In this process (--workers=1, no Beam flags) each source is streamed once
-     in file order, each document into its split's open shard, tokenized in
-     batches of 512: memory is one batch and one shard writer, whatever the
-     corpus (peak RSS at 1.6M documents: 1.07x the 100k figure, BENCHMARKS.md). A source
-     with an order_by (a curriculum needs every document) is planned whole.
-     On Beam, every source is planned (the lazy index of maxlm.data.doc_index:
-     ~60 bytes a document, not its text) and a worker re-plans only the source
-     it needs (once per process), writing whole shards in parallel.
+     in file order, each document into its split's open shard, in batches (a
+     JSONL block is decoded in one call and parsed line by line with json's C
+     scanner; the split of a batch is one array comparison; SentencePiece
+     encodes 512 documents a call on one thread): memory is one batch and one
+     shard writer, whatever the corpus, and tokens/s per core is measured
+     against the tokenizer's own batch encode (bench/data_scale.py,
+     BENCHMARKS.md). A source with an order_by (a curriculum needs every
+     document) is planned whole.
+     On Beam no worker plans or holds a source: plain JSONL files are read as
+     byte ranges (--range_bytes, 64 MiB), other files and kinds one whole
+     file / source per worker; ranges are tokenized into segments, then each
+     shard is copied out of the segments covering it with global ids, so the
+     shards equal the in-process ones (maxlm.data.prepare_stream).
   4. The manifest lists every shard with its document and token counts;
      errors.json keeps the bad-input report for training runs that never see
      the raw files. Layout and record format: maxlm/data/shards.py.
@@ -38,7 +44,12 @@ What happens:
 Resumable: a shard is written to a temporary name and renamed, then its .json
 summary (the "done" marker) is written; a rerun writes only shards without a
 summary, so a killed prepare loses nothing it finished and a rerun produces
-byte-identical shards and manifest.
+byte-identical shards and manifest. On Beam each range's result (its counts
+and error log, in <out>/_ranges/) marks it done the same way.
+
+Progress: MB read of the sources' files over their total (known up front;
+compressed bytes for a compressed file), an ETA, and the shards, documents
+and tokens so far.
 """
 
 from __future__ import annotations
@@ -77,8 +88,9 @@ def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
 
   workers=1 and no beam_args: in this process, streaming each source once
   (sources with an order_by are planned whole: a curriculum needs every
-  document). Otherwise a Beam pipeline over planned shards (beam_args: Beam
-  pipeline flags; workers: local processes, 0 = all cores).
+  document). Otherwise Beam pipelines over byte ranges of the sources
+  (beam_args: Beam pipeline flags; workers: local processes, 0 = all cores;
+  range_bytes: bytes of a plain JSONL file per unit of work).
   """
   for s in config_lib.iter_sources(data_config):
     if sources_lib.is_instruct(s):  # the shard format has no loss mask (maxlm.data.instruct)

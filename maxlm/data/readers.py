@@ -533,38 +533,57 @@ def _jsonl_block(raw: bytes, lineno: int, path: str, errors: ErrorLog,
   pieces = raw.split(b"\n") if strs is None else strs
   if pieces[-1] in ("", b""):  # the block ends with a newline: no line after it
     pieces.pop()
+  ended_all = raw.endswith(b"\n")
   last = len(pieces) - 1
   lines, texts = [], []
+  if strs is None:
+    for i, s in enumerate(pieces):
+      _jsonl_line(s, lineno + i + 1, i < last or ended_all, False, path, errors, text_field,
+                  lines, texts)
+    return lines, texts
+  scan = _scan_json
   for i, s in enumerate(pieces):
-    n = lineno + i + 1
-    if not s.strip(_BYTES_WS if strs is not None else b" \t\n\r\x0b\x0c"):
-      continue
-    ended = i < last or raw.endswith(b"\n")  # _lines keeps the newline in the line it parses
-    if strs is None:
-      s = decode(s + b"\n" if ended else s, path, errors, n)
-    rec = None
+    # The common line, in as few steps as possible: one JSON object, no space
+    # around it, a non-blank string text. Anything else takes _jsonl_line.
     try:
-      rec, end = _scan_json(s, 0)
-      if end != len(s) and s[end:].strip(_JSON_WS):
-        rec = None  # extra data: json.loads raises it, with its message, below
-    except (StopIteration, json.JSONDecodeError):
-      pass
-    if rec is None:  # null, or the line is not one JSON value: json.loads decides, as before
-      try:
-        rec = json.loads(s + "\n" if ended and strs is not None else s)
-      except json.JSONDecodeError as e:
-        errors.add(path, "malformed_jsonl", n, str(e))
+      rec, end = scan(s, 0)
+      text = rec[text_field]
+    except Exception:  # pylint: disable=broad-except  (no value, not a dict, no field: below)
+      text = None
+    else:
+      if end == len(s) and type(text) is str and text and not text.isspace():  # pylint: disable=unidiomatic-typecheck
+        lines.append(lineno + i + 1)
+        texts.append(text)
         continue
-    text = rec.get(text_field) if isinstance(rec, dict) else None
-    if not isinstance(text, str):
-      errors.add(path, "missing_field", n, f"no string field {text_field!r}")
-      continue
-    if not text or text.isspace():  # = not text.strip(), without a copy
-      errors.add(path, "empty_document", n)
-      continue
-    lines.append(n)
-    texts.append(text)
+    _jsonl_line(s, lineno + i + 1, i < last or ended_all, True, path, errors, text_field,
+                lines, texts)
   return lines, texts
+
+
+def _jsonl_line(s, n: int, ended: bool, decoded: bool, path: str, errors: ErrorLog,
+                text_field: str, lines: list, texts: list) -> None:
+  """One line as _json_lines + read_jsonl take it (s: str without its newline,
+  or the raw bytes when the block did not decode)."""
+  if not s.strip(_BYTES_WS if decoded else b" \t\n\r\x0b\x0c"):
+    return
+  if not decoded:  # _lines keeps the newline in the line it decodes and parses
+    s = decode(s + b"\n" if ended else s, path, errors, n)
+  elif ended:
+    s += "\n"
+  try:
+    rec = json.loads(s)
+  except json.JSONDecodeError as e:
+    errors.add(path, "malformed_jsonl", n, str(e))
+    return
+  text = rec.get(text_field) if isinstance(rec, dict) else None
+  if not isinstance(text, str):
+    errors.add(path, "missing_field", n, f"no string field {text_field!r}")
+    return
+  if not text.strip():
+    errors.add(path, "empty_document", n)
+    return
+  lines.append(n)
+  texts.append(text)
 
 
 def _whole(path: str, errors: ErrorLog) -> tuple[bytes, bool] | None:
