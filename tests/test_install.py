@@ -64,6 +64,26 @@ def test_every_direct_requirement_is_pinned_by_both_locks():
           assert pins[key] == version, f"{req}: {name}=={version} but {lock} pins {pins[key]}"
 
 
+
+def test_the_seqio_lock_agrees_with_the_main_lock():
+  """constraints-seqio.txt (the seqio stage's environment) pins requirements-seqio.txt as written
+  and every package it shares with constraints.txt at the same version, except protobuf (seqio
+  needs >= 7.36; requirements-seqio.txt says why), so the seqio tests run the code CI checks."""
+  seqio = _pins(os.path.join(ROOT, "constraints-seqio.txt"))
+  main = _pins(os.path.join(ROOT, "constraints.txt"))
+  differ = {k for k in seqio.keys() & main.keys() if seqio[k] != main[k]}
+  assert differ == {"protobuf"}, sorted(differ)
+  for req in ("requirements.txt", "requirements-test.txt", "requirements-seqio.txt"):
+    for line in open(os.path.join(ROOT, req)):
+      line = line.split("#")[0].strip()
+      if not line:
+        continue
+      name, op, version = re.match(r"([A-Za-z0-9._-]+)\s*(==|>=)?\s*([^,\s]*)", line).groups()
+      key = re.sub(r"[-_.]+", "-", name).lower()
+      assert key in seqio, f"{req}: {name} is not pinned in constraints-seqio.txt"
+      if op == "==":
+        assert seqio[key] == version, f"{req}: {name}=={version} but constraints-seqio.txt pins {seqio[key]}"
+
 def test_this_venv_matches_its_lock():
   lock = "constraints-py312.txt" if sys.version_info >= (3, 12) else "constraints.txt"
   r = subprocess.run([sys.executable, os.path.join(ROOT, ".ci", "lock.py"), "check",
@@ -78,7 +98,8 @@ _EXTRA_SCOPES = {"requirements-curate.txt": ("maxlm/curate/", "maxlm/data/beam.p
                  "requirements-seqio.txt": ("maxlm/data/seqio_source.py",),
                  "requirements-data.txt": ()}  # the built-in corpora, read lazily
 # Imported by the seqio source only, which needs an environment of its own
-# (requirements-seqio.txt says why): not installed on either CI stack.
+# (requirements-seqio.txt says why): not installed on the 3.11 / 3.12 stacks (.ci/run's
+# seqio stage has them).
 _NOT_INSTALLED = {"seqio": "seqio", "tensorflow": "tensorflow", "tensorflow_datasets":
                   "tensorflow-datasets"}
 

@@ -41,7 +41,8 @@ def _check(path, fig):
     assert ax.get_xlabel().strip() and ax.get_ylabel().strip(), (path, ax.get_title())
     lines = [l for l in ax.get_lines() if len(np.atleast_1d(l.get_xdata())) > 0]
     points = sum(len(c.get_offsets()) for c in ax.collections if hasattr(c, "get_offsets"))
-    assert lines or points or ax.images, (path, ax.get_ylabel())
+    bars = [b for b in ax.patches if b.get_height() or b.get_width()]
+    assert lines or points or bars or ax.images, (path, ax.get_ylabel())
     for l in lines:  # (axvline / axhline are two-point lines: not caught here)
       if len(np.atleast_1d(l.get_xdata())) == 1:
         assert l.get_marker() not in ("None", None, ""), (path, l.get_label())
@@ -146,5 +147,39 @@ def test_scaling_pngs(tmp_path, saved):
   plots.frontier(str(tmp_path / "frontier.png"), fit2, fit3)
   plots.residuals(fit3, n, d, loss, str(tmp_path / "residuals.png"))
   assert len(saved) == 3
+  for path, fig in saved:
+    _check(path, fig)
+
+
+def test_harness_and_online_mixing_pngs(tmp_path, saved):
+  """harness.png (the in-training lm-eval hook) and mixing.png (online mixing) are both
+  `plot_prefix` figures; the first eval is a single point, which must still be drawn."""
+  from maxlm.monitor.plots import plot_prefix
+  rows = [{"step": 10, "harness/arc_easy/acc": 0.31}, {"step": 10, "harness/hellaswag/acc": 0.27},
+          {"step": 20, "harness/hellaswag/acc": 0.29}]
+  plot_prefix(rows, "harness/", str(tmp_path / "harness.png"), title="downstream evals",
+              ylabel="metric")
+  mix = [{"step": s, "mix/prose": w, "mix/code": 1 - w} for s, w in ((0, 0.5), (50, 0.6))]
+  plot_prefix(mix, "mix/", str(tmp_path / "mixing.png"), title="online mixing (odm)",
+              ylabel="source weight")
+  assert [os.path.basename(p) for p, _ in saved] == ["harness.png", "mixing.png"]
+  for path, fig in saved:
+    (ax,) = _check(path, fig)
+    assert len(ax.get_lines()) == 2, path  # one line per task / per source
+
+
+def test_curation_report_pngs(tmp_path, saved):
+  """docs/curate.md's four charts, from a report summary of two stages and two sources."""
+  from maxlm.curate import report
+  summary = {
+      "stages": [{"stage": "rules", "docs_out": 80, "removed": {"too_short": 15, "symbols": 5}},
+                 {"stage": "dedup", "docs_out": 60, "removed": {"near_duplicate": 20}}],
+      "sources": {"raw/a.jsonl": {"rules": {"docs_out": 50}, "dedup": {"docs_out": 35}},
+                  "raw/b.jsonl": {"rules": {"docs_out": 30}, "dedup": {"docs_out": 25}}},
+      "duplicate_cluster_sizes": {"2": 12, "3": 4}, "languages": {"en": 58, "fr": 2},
+      "score_histograms": {}}
+  names = report.charts(summary, str(tmp_path))
+  assert names == ["stages.png", "rules.png", "sources.png", "distributions.png"]
+  assert [os.path.basename(p) for p, _ in saved] == names
   for path, fig in saved:
     _check(path, fig)

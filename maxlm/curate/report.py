@@ -152,6 +152,7 @@ def charts(summary: dict, output: str) -> list[str]:
   removed = [sum(s["removed"].values()) for s in stages]
   ax.bar(names, kept, label="kept")
   ax.bar(names, removed, bottom=kept, label="removed")
+  ax.set_xlabel("stage")
   ax.set_ylabel("documents")
   ax.set_title("Documents kept and removed per stage")
   ax.legend()
@@ -164,6 +165,7 @@ def charts(summary: dict, output: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.3 * len(rules) + 1)))
     ax.barh([r for r, _ in rules], [n for _, n in rules])
     ax.set_xlabel("documents removed")
+    ax.set_ylabel("stage: rule")
     ax.set_title("Removals per rule")
     save(fig, "rules.png")
 
@@ -173,6 +175,7 @@ def charts(summary: dict, output: str) -> list[str]:
     for src in srcs:
       ax.plot(names, [summary["sources"][src].get(n, {}).get("docs_out", 0) for n in names],
               marker="o", label=os.path.basename(src.rstrip("/")) or "(read errors)")
+    ax.set_xlabel("stage")
     ax.set_ylabel("documents out")
     ax.set_title("Documents per source after each stage")
     ax.tick_params(axis="x", rotation=45)
@@ -187,6 +190,8 @@ def charts(summary: dict, output: str) -> list[str]:
     for ax, (title, h) in zip(axes[0], hists.items()):
       ax.bar([str(k) for k in h], list(h.values()))
       ax.set_title(title)
+      ax.set_xlabel(title)
+      ax.set_ylabel("documents")
       ax.tick_params(axis="x", rotation=60, labelsize=7)
     save(fig, "distributions.png")
   return written
