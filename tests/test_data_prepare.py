@@ -372,6 +372,11 @@ def test_beam_prepare_over_byte_ranges_equals_in_process(prepared, tmp_path):
   _jsonl_corpus(raw / "d.jsonl", 40, seed=2, words=20)
   c = _jsonl_config([str(raw / "*.jsonl*")])
   c.heldout_fraction = 0.1
+  # A curriculum source needs all its documents: planned by the driver, its ids among the others.
+  from maxlm.data import config as config_lib
+  c.sources.sorted = config_lib.source(kind="jsonl", domain="web", paths=(str(raw / "d.jsonl"),),
+                                       order_by="length")
+  c.sources.tail = config_lib.source(kind="jsonl", domain="web", paths=(str(raw / "a.jsonl"),))
   ref, out = str(tmp_path / "ref"), str(tmp_path / "beam")
   want = prepare_lib.prepare(c, tok, ref, docs_per_shard=16, progress=False)
   got = prepare_lib.prepare(c, tok, out, docs_per_shard=16, progress=False, workers=2,
@@ -379,7 +384,7 @@ def test_beam_prepare_over_byte_ranges_equals_in_process(prepared, tmp_path):
                                                          "--direct_running_mode=multi_processing"])
 
   assert len(prepare_stream.make_ranges(dict(c.sources.web, name="web"), 3000)) >= 8
-  assert got["sources"] == want["sources"]
+  assert got["sources"] == want["sources"] and sorted(got["sources"]) == ["sorted", "tail", "web"]
   assert got["sources"]["web"]["heldout"]["docs"] > 10
   assert _records(out, got) == _records(ref, want)
   assert json.load(open(os.path.join(out, "errors.json"))) == json.load(

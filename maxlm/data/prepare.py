@@ -484,6 +484,9 @@ def _saved_ranges(job, src, range_bytes) -> list:
   if os.path.exists(path):
     saved = shards_lib.read_json(path)
     if saved["source"] == source:
+      for f in os.listdir(job.dir(src["name"])):  # a killed worker's half-written segment
+        if ".tmp" in f:
+          os.remove(os.path.join(job.dir(src["name"]), f))
       return [stream.Range(source, i, *r) for i, r in enumerate(saved["ranges"])]
   os.makedirs(job.dir(src["name"]), exist_ok=True)
   for f in os.listdir(job.dir(src["name"])):  # results of other ranges are stale
