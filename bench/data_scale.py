@@ -247,7 +247,9 @@ def measure(n_docs: int, root: str, tok: str, steps: int, workers: int,
   with open(os.path.join(d, "data_cfg.py"), "w") as f:
     f.write(_CONFIG.format(glob=os.path.join(d, "raw", "*.jsonl")))
   shards = os.path.join(d, "shards")
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, d]), JAX_PLATFORMS="cpu")
+  # RAYON_NUM_THREADS: a tokenizer.json's batch encode on one core too (prepare's per-core figure)
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, d]), JAX_PLATFORMS="cpu",
+             RAYON_NUM_THREADS="1")
   corpus = os.path.join(d, "raw", "corpus.jsonl")
   ref = encode_speed(corpus, tok, env) if encode_ref else None
   prep_cpu = []
@@ -295,11 +297,13 @@ def main():
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--workers", type=int, default=1, help="prepare processes (1 = in-process)")
   ap.add_argument("--workdir", default="")
+  ap.add_argument("--tokenizer", default="", help="a .model / tokenizer.json / HF directory "
+                  "(default: maxlm's own, trained on the default data config)")
   args = ap.parse_args()
   root = args.workdir or tempfile.mkdtemp(prefix="data_scale_")
   os.makedirs(root, exist_ok=True)
   from maxlm import data  # pylint: disable=g-import-not-at-top
-  tok = data.build_tokenizer(data.default_data_config(), root)
+  tok = args.tokenizer or data.build_tokenizer(data.default_data_config(), root)
   rows = [measure(int(n), root, tok, args.steps, args.workers) for n in args.docs.split(",")]
   cols = ("docs", "corpus_mb", "tokens", "shards", "prepare_s", "prepare_tok_s_core",
           "encode_tok_s", "ratio_wall", "ratio_cpu", "prepare_rss_mb", "startup_s", "startup_rss_mb", "train_rss_mb", "state_json_bytes",

@@ -420,7 +420,7 @@ _scan_json = json.scanner.make_scanner(json.JSONDecoder())  # the C scanner behi
 
 
 def jsonl_text_batches(path: str, errors: ErrorLog, *, text_field: str = "text",
-                       chunk: int = 4 * _CHUNK,
+                       chunk: int = _CHUNK,
                        consumed: Callable[[int], None] | None = None
                        ) -> Iterator[tuple[list[int], list[str]]]:
   """What read_jsonl yields, as (line numbers, texts) per block of ~`chunk` bytes.
@@ -468,7 +468,7 @@ def jsonl_text_batches(path: str, errors: ErrorLog, *, text_field: str = "text",
 
 
 def jsonl_range_batches(path: str, errors: ErrorLog, start: int, end: int, lineno: int, *,
-                        text_field: str = "text", chunk: int = 4 * _CHUNK
+                        text_field: str = "text", chunk: int = _CHUNK
                         ) -> Iterator[tuple[list[int], list[str]]]:
   """jsonl_text_batches of the lines of a plain (uncompressed) file that start
   in bytes [start, end): the unit of work of prepare on Beam, where workers
