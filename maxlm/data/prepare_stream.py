@@ -173,7 +173,8 @@ def make_ranges(src: dict, range_bytes: int = RANGE_BYTES) -> list[Range]:
   out = []
   for path, rel in sources_lib.expand_paths(src):
     size = os.path.getsize(path)
-    if not readers_lib.is_plain_local(path):
+    # Compressed (or named so: a .gz holding plain text is an error read whole reports).
+    if path.lower().endswith((".gz", ".zst")) or not readers_lib.is_plain_local(path):
       out.append(Range(source, len(out), path, rel))
       continue
     for a in range(0, max(size, 1), range_bytes):
