@@ -370,6 +370,7 @@ def test_beam_prepare_over_byte_ranges_equals_in_process(prepared, tmp_path):
     g.write(f.read())
   (raw / "b.jsonl").unlink()
   _jsonl_corpus(raw / "d.jsonl", 40, seed=2, words=20)
+  (raw / "e.jsonl.gz").write_bytes(b'{"text": "named gzip, holds plain text"}\n')  # an error
   c = _jsonl_config([str(raw / "*.jsonl*")])
   c.heldout_fraction = 0.1
   # A curriculum source needs all its documents: planned by the driver, its ids among the others.
@@ -377,6 +378,12 @@ def test_beam_prepare_over_byte_ranges_equals_in_process(prepared, tmp_path):
   c.sources.sorted = config_lib.source(kind="jsonl", domain="web", paths=(str(raw / "d.jsonl"),),
                                        order_by="length")
   c.sources.tail = config_lib.source(kind="jsonl", domain="web", paths=(str(raw / "a.jsonl"),))
+  # None of f.jsonl's 3 documents hashes into the held-out 10%: planning holds out the
+  # lowest hash instead, which needs the whole source (planned by the driver, as in-process).
+  few = tmp_path / "few"
+  few.mkdir()
+  _jsonl_corpus(few / "f.jsonl", 3, words=20)
+  c.sources.few = config_lib.source(kind="jsonl", domain="web", paths=(str(few / "*"),))
   ref, out = str(tmp_path / "ref"), str(tmp_path / "beam")
   want = prepare_lib.prepare(c, tok, ref, docs_per_shard=16, progress=False)
   got = prepare_lib.prepare(c, tok, out, docs_per_shard=16, progress=False, workers=2,
@@ -384,11 +391,14 @@ def test_beam_prepare_over_byte_ranges_equals_in_process(prepared, tmp_path):
                                                          "--direct_running_mode=multi_processing"])
 
   assert len(prepare_stream.make_ranges(dict(c.sources.web, name="web"), 3000)) >= 8
-  assert got["sources"] == want["sources"] and sorted(got["sources"]) == ["sorted", "tail", "web"]
+  assert got["sources"] == want["sources"]
+  assert sorted(got["sources"]) == ["few", "sorted", "tail", "web"]
+  assert (got["sources"]["few"]["train"]["docs"], got["sources"]["few"]["heldout"]["docs"]) == (2, 1)
   assert got["sources"]["web"]["heldout"]["docs"] > 10
   assert _records(out, got) == _records(ref, want)
-  assert json.load(open(os.path.join(out, "errors.json"))) == json.load(
-      open(os.path.join(ref, "errors.json")))
+  errors = json.load(open(os.path.join(out, "errors.json")))
+  assert errors == json.load(open(os.path.join(ref, "errors.json")))
+  assert "unreadable_file" in errors["web"]["report"] and "malformed_jsonl" in errors["web"]["report"]
   # Only the small per-range results stay beside the shards; a rerun writes nothing.
   left = os.listdir(os.path.join(out, "_ranges", "web"))
   assert left and not [f for f in left if f.endswith(".array_record")]
