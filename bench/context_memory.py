@@ -2,6 +2,7 @@ r"""Compiled memory of the long-context train step: unsharded vs a context-paral
 
   python bench/context_memory.py                          # 1b, 32k per sequence, 4-way context
   python bench/context_memory.py --preset=10m --seq_len=4096 --context=4   # seconds
+  python bench/context_memory.py --ring_blocks=pallas,xla   # the ring's per-block compute, both
 
 XLA's compiled memory analysis of the jitted train step on abstract shapes
 (nothing is allocated, so it runs on CPU for any size): per-device temporary
@@ -11,10 +12,13 @@ bfloat16, RoPE scaling), one sequence of --seq_len tokens per step. Unsharded:
 one device, the stage's attention (Pallas flash kernel, interpreted on CPU).
 Sharded: a mesh of --context devices on the `context` axis, ring attention
 (maxlm/model/context_parallel.py). Target (issue 15): sharded temp <= 1/3 of
-unsharded at 32k on a 4-way axis.
+unsharded at 32k on a 4-way axis. --ring_blocks: one sharded row per per-block
+compute of the ring: 'pallas' (the stage's attention_impl, the kernel per chunk
+pair) and/or 'xla' (attention_impl='xla' on the sharded mesh: the XLA path).
 """
 
 import argparse
+import dataclasses
 import functools
 import importlib.util
 import os
@@ -73,6 +77,8 @@ def main(argv=None):
   p.add_argument("--preset", default="1b")
   p.add_argument("--seq_len", type=int, default=32768)
   p.add_argument("--context", type=int, default=4)
+  p.add_argument("--ring_blocks", default="pallas",
+                 help="comma list of xla|pallas: the sharded rows' per-block compute")
   a = p.parse_args(argv)
   config = _long_context_config(a.preset, a.seq_len)
   cfg = ModelConfig.from_any(config.model)
@@ -80,13 +86,21 @@ def main(argv=None):
   print(f"{a.preset} T={a.seq_len} remat={cfg.remat} attention={cfg.attention_impl}"
         f" dtype={cfg.compute_dtype}")
   gib = lambda x: x / 2**30
+  runs = [("unsharded", 1, cfg)]
+  for block in a.ring_blocks.split(","):
+    if block not in ("xla", "pallas"):
+      raise SystemExit(f"--ring_blocks: {block!r} is not xla or pallas")
+    runs.append((f"context={a.context} {block} blocks", a.context,
+                 dataclasses.replace(cfg, attention_impl=block)))
   rows = {}
-  for label, C in (("unsharded", 1), (f"context={a.context}", a.context)):
-    rows[label] = m = step_memory(cfg, a.seq_len, C, rules)
-    print(f"  {label:12s} temp {gib(m['temp']):8.2f} GiB   arguments {gib(m['arguments']):7.2f} GiB"
-          f"   per device")
-  ratio = rows[f"context={a.context}"]["temp"] / rows["unsharded"]["temp"]
-  print(f"  temp ratio sharded / unsharded = {ratio:.3f}  (target <= 0.333)")
+  for label, C, run_cfg in runs:
+    rows[label] = m = step_memory(run_cfg, a.seq_len, C, rules)
+    print(f"  {label:26s} temp {gib(m['temp']):8.2f} GiB   arguments {gib(m['arguments']):7.2f}"
+          f" GiB   per device", flush=True)
+  for label, m in rows.items():
+    if label != "unsharded":
+      ratio = m["temp"] / rows["unsharded"]["temp"]
+      print(f"  temp ratio {label} / unsharded = {ratio:.3f}  (target <= 0.333)")
   return rows
 
 

@@ -17,6 +17,11 @@ Algorithm (FlashAttention-2, sections 3.1 and 3.2):
                    are summed in float32 inside the kernel, without atomics.
   Blocks that every mask hides (above the causal diagonal, outside the window)
   are skipped by the loop bounds; segment masks are applied elementwise.
+  lse output  flash_attention_with_lse also returns lse (ring attention merges
+            blocks with it). lse_i = log sum_j exp(s_ij) gives d lse_i / d s_ij
+            = P_ij, so with an lse cotangent g the score gradient is
+            dS = P * (dP - delta) + P * g = P * (dP - (delta - g)): the same two
+            backward kernels, with delta - g in place of delta.
 
 Conventions:
   layout    q [B, T, N, H], k and v [B, S, K, H]; kv head j serves query heads
@@ -282,13 +287,20 @@ def _fwd_call(st: _Static, q_bnth, k_bksh, v_bksh, q_seg_bt, kv_seg_bs):
       name="flash_attention_fwd")(q_seg_bt, kv_seg_bs, q_bnth, k_bksh, v_bksh)
 
 
-def _bwd_call(st: _Static, q_bnth, k_bksh, v_bksh, q_seg_bt, kv_seg_bs, o_bnth, lse_bnt, do_bnth):
+def _bwd_call(st: _Static, q_bnth, k_bksh, v_bksh, q_seg_bt, kv_seg_bs, o_bnth, lse_bnt, do_bnth,
+              dlse_bnt=None):
   B, N, Tp, H = q_bnth.shape
   K, Sp = k_bksh.shape[1], k_bksh.shape[2]
   G = N // K
   # delta_i = sum_h dO_ih O_ih: the softmax-backward row term, cheap in XLA.
   delta_bnt = jnp.einsum("bnth,bnth->bnt", o_bnth.astype(jnp.float32),
                          do_bnth.astype(jnp.float32))
+  if dlse_bnt is not None:
+    # d lse_i / d s_ij = P_ij, so an lse cotangent g adds P * g to dS = P * (dP - delta):
+    # dS = P * (dP - (delta - g)), the same kernels with delta shifted. Rows with no
+    # visible key (stored lse +inf) have P = 0; zeroing g there keeps a non-finite
+    # cotangent (e.g. from exp(lse - lse) downstream) from turning 0 * g into NaN.
+    delta_bnt = delta_bnt - jnp.where(jnp.isfinite(lse_bnt), dlse_bnt, 0.0)
 
   q_spec = pl.BlockSpec((None, None, st.bq, H), lambda b, n, i: (b, n, i, 0))
   kv_spec = pl.BlockSpec((None, None, Sp, H), lambda b, n, i: (b, n // G, 0, 0))
@@ -342,23 +354,31 @@ def _flash_bwd(st, res, do_bnth):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def flash_attention(q, k, v, *, segment_ids=None, causal=True, window=None, softmax_scale=None,
-                    logits_soft_cap=None, block_q=128, block_k=128, interpret=False):
-  """Memory-efficient exact attention; see the module docstring for every convention.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash_lse(st, q_bnth, k_bksh, v_bksh, q_seg_bt, kv_seg_bs):
+  """(out, lse) with lse as the kernel stores it (+inf on rows with no visible key)."""
+  return tuple(_fwd_call(st, q_bnth, k_bksh, v_bksh, q_seg_bt, kv_seg_bs))
 
-  Args:
-    q: [B, T, N, H]; k, v: [B, S, K, H] with K dividing N. float32 or bfloat16.
-    segment_ids: None, int [B, T] (self-attention, T == S), or a pair
-      (q_segment_ids [B, T], kv_segment_ids [B, S]).
-    causal: key j visible to query i only if j <= i.
-    window: None or int w >= 0: query i sees keys i-w .. i.
-    softmax_scale: defaults to 1 / sqrt(H).
-    logits_soft_cap: None or c > 0: logits become c * tanh(s / c).
-    block_q, block_k: tile sizes (shrunk for short sequences).
-    interpret: run the Pallas interpreter (CPU tests).
-  Returns:
-    [B, T, N, H] in q's dtype; differentiable in q, k and v.
-  """
+
+def _flash_lse_fwd(st, q_bnth, k_bksh, v_bksh, q_seg_bt, kv_seg_bs):
+  o_bnth, lse_bnt = _fwd_call(st, q_bnth, k_bksh, v_bksh, q_seg_bt, kv_seg_bs)
+  return (o_bnth, lse_bnt), (q_bnth, k_bksh, v_bksh, q_seg_bt, kv_seg_bs, o_bnth, lse_bnt)
+
+
+def _flash_lse_bwd(st, res, cotangents):
+  do_bnth, dlse_bnt = cotangents
+  q_bnth, k_bksh, v_bksh, q_seg_bt, kv_seg_bs, o_bnth, lse_bnt = res
+  dq, dk, dv = _bwd_call(st, q_bnth, k_bksh, v_bksh, q_seg_bt, kv_seg_bs, o_bnth, lse_bnt,
+                         do_bnth, dlse_bnt)
+  return dq, dk, dv, None, None
+
+
+_flash_lse.defvjp(_flash_lse_fwd, _flash_lse_bwd)
+
+
+def _prepare(q, k, v, segment_ids, causal, window, softmax_scale, logits_soft_cap, block_q,
+             block_k, interpret):
+  """Checks the arguments; returns (static, kernel-layout q, k, v, q_seg, kv_seg)."""
   B, T, N, H = q.shape
   S, K = k.shape[1], k.shape[2]
   if k.shape != (B, S, K, H) or v.shape != k.shape:
@@ -381,6 +401,52 @@ def flash_attention(q, k, v, *, segment_ids=None, causal=True, window=None, soft
     x_bnlh = jnp.swapaxes(x_blnh, 1, 2)
     return jnp.pad(x_bnlh, ((0, 0), (0, 0), (0, Lp - x_bnlh.shape[2]), (0, 0)))
 
-  o_bnth = _flash(st, to_kernel_layout(q, Tp), to_kernel_layout(k, Sp), to_kernel_layout(v, Sp),
-                  jnp.pad(q_seg_bt, ((0, 0), (0, Tp - T))), jnp.pad(kv_seg_bs, ((0, 0), (0, Sp - S))))
-  return jnp.swapaxes(o_bnth[:, :, :T], 1, 2)  # [B, T, N, H]
+  return (st, to_kernel_layout(q, Tp), to_kernel_layout(k, Sp), to_kernel_layout(v, Sp),
+          jnp.pad(q_seg_bt, ((0, 0), (0, Tp - T))), jnp.pad(kv_seg_bs, ((0, 0), (0, Sp - S))))
+
+
+def flash_attention(q, k, v, *, segment_ids=None, causal=True, window=None, softmax_scale=None,
+                    logits_soft_cap=None, block_q=128, block_k=128, interpret=False):
+  """Memory-efficient exact attention; see the module docstring for every convention.
+
+  Args:
+    q: [B, T, N, H]; k, v: [B, S, K, H] with K dividing N. float32 or bfloat16.
+    segment_ids: None, int [B, T] (self-attention, T == S), or a pair
+      (q_segment_ids [B, T], kv_segment_ids [B, S]).
+    causal: key j visible to query i only if j <= i.
+    window: None or int w >= 0: query i sees keys i-w .. i.
+    softmax_scale: defaults to 1 / sqrt(H).
+    logits_soft_cap: None or c > 0: logits become c * tanh(s / c).
+    block_q, block_k: tile sizes (shrunk for short sequences).
+    interpret: run the Pallas interpreter (CPU tests).
+  Returns:
+    [B, T, N, H] in q's dtype; differentiable in q, k and v.
+  """
+  st, *args = _prepare(q, k, v, segment_ids, causal, window, softmax_scale, logits_soft_cap,
+                       block_q, block_k, interpret)
+  o_bnth = _flash(st, *args)
+  return jnp.swapaxes(o_bnth[:, :, :q.shape[1]], 1, 2)  # [B, T, N, H]
+
+
+def flash_attention_with_lse(q, k, v, *, segment_ids=None, causal=True, window=None,
+                             softmax_scale=None, logits_soft_cap=None, block_q=128, block_k=128,
+                             interpret=False):
+  """flash_attention that also returns each row's log-sum-exp, differentiable in both.
+
+  Same arguments and conventions as `flash_attention`. Returns (out, lse):
+  out [B, T, N, H] in q's dtype, lse [B, T, N] float32, the natural log of the
+  row's softmax denominator, lse_i = log sum_j exp(s_ij) over the visible keys
+  j with s the scaled (soft-capped) logits, -inf on a row with no visible key
+  (whose out is 0). Blocks attended separately merge exactly with it
+  (out = sum_b exp(lse_b - lse) out_b, lse = logsumexp_b lse_b): ring attention
+  uses this. The VJP takes cotangents for both outputs (module docstring:
+  the backward's delta becomes delta - d lse).
+  """
+  st, *args = _prepare(q, k, v, segment_ids, causal, window, softmax_scale, logits_soft_cap,
+                       block_q, block_k, interpret)
+  o_bnth, lse_bnt = _flash_lse(st, *args)
+  T = q.shape[1]
+  # The kernel stores +inf on empty rows (so its backward recomputes p = 0); the
+  # caller gets the true log of an empty sum.
+  lse_btn = jnp.swapaxes(lse_bnt[:, :, :T], 1, 2)
+  return jnp.swapaxes(o_bnth[:, :, :T], 1, 2), jnp.where(lse_btn == jnp.inf, -jnp.inf, lse_btn)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kernels.reference import attention_reference
 from maxlm.model import attention as attention_lib
 from maxlm.model import context_parallel
 from maxlm.sharding import batch_sharding, host_batch_to_global, make_mesh
@@ -53,22 +54,24 @@ def _mesh(data, context, tensor):
   return make_mesh(data=data, fsdp=1, tensor=tensor, context=context)
 
 
-def _dense_and_ring(mesh, C, q, k, v, seg, causal=True, block_k=None):
-  """(dense value+grads, ring value+grads) of sum(sin(attention)), in natural order."""
+def _dense_and_ring(mesh, C, q, k, v, seg, causal=True, block_k=None, impl="xla"):
+  """(dense value+grads, ring value+grads, ring output) of sum(sin(attention)), natural order.
+
+  Dense: kernels/reference.py on one device. Ring: through the model's dispatch
+  (block_k None, causal), else ring_attention_local directly with block_impl=impl.
+  """
   def dense(q, k, v):
-    if causal:
-      return jnp.sum(jnp.sin(attention_lib.dense_attention(q, k, v, seg)))
-    return jnp.sum(jnp.sin(attention_lib.dense_attention(q, k, v, seg, causal=False)))
+    return jnp.sum(jnp.sin(attention_reference(q, k, v, segment_ids=seg, causal=causal)))
   want = jax.jit(jax.value_and_grad(dense, argnums=(0, 1, 2)))(q, k, v)
 
   seg_l = to_layout(seg, C)
-  if block_k is None:  # through the model's dispatch
-    ring_out = lambda q, k, v: attention_lib.attention(q, k, v, seg_l, impl="xla")
+  if block_k is None and causal:  # through the model's dispatch
+    ring_out = lambda q, k, v: attention_lib.attention(q, k, v, seg_l, impl=impl)
   else:  # directly, to set block_k or causal=False (the model is always causal)
     spec = jax.sharding.PartitionSpec("data", "context", "tensor", None)
-    local = lambda *a: context_parallel.ring_attention_local(*a, axis_name="context",
-                                                             axis_size=C, causal=causal,
-                                                             block_k=block_k)
+    local = lambda *a: context_parallel.ring_attention_local(
+        *a, axis_name="context", axis_size=C, causal=causal, block_k=block_k or 512,
+        block_impl=impl)
     seg_spec = jax.sharding.PartitionSpec("data", "context")
     ring_out = lambda q, k, v: jax.shard_map(  # check_vma off, as the dispatch runs it
         local, mesh=mesh, in_specs=(spec, spec, spec, seg_spec), out_specs=spec,
@@ -82,29 +85,58 @@ def _dense_and_ring(mesh, C, q, k, v, seg, causal=True, block_k=None):
   return want, got, from_layout(out, C)
 
 
+def _check_ring(data, context, tensor, causal, block_k, impl, T_per_device=16,
+                dtype=jnp.float32):
+  seed = _seed()
+  rng = np.random.default_rng(seed)
+  B, T, N, K, H = 2 * data, T_per_device * context, 4, 2, 8  # GQA: two query heads per kv head
+  normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32).astype(dtype)
+  q, k, v = normal(B, T, N, H), normal(B, T, K, H), normal(B, T, K, H)
+  seg = jnp.asarray(_packed_segments(rng, B, T))
+  mesh = _mesh(data, context, tensor)
+  (want_val, want_g), (got_val, got_g), out = _dense_and_ring(mesh, context, q, k, v, seg, causal,
+                                                              block_k, impl)
+  f32 = lambda x: np.asarray(x, np.float32)
+  # float32: reassociation only. bfloat16: both sides round p and the outputs to 8 bits,
+  # in different places (per ring block vs once), so a few bf16 ulps of the scale.
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  want_out = attention_reference(q, k, v, segment_ids=seg, causal=causal)
+  # Outputs are convex combinations of v: their scale is max |v|, never 0.
+  np.testing.assert_allclose(f32(out), f32(want_out), atol=tol * np.abs(f32(v)).max(), rtol=tol,
+                             err_msg=f"seed={seed}")
+  # A sum over ~B*T*N*H outputs: float32 reassociation reaches ~1e-6 of its scale.
+  np.testing.assert_allclose(f32(got_val), f32(want_val), rtol=tol, atol=tol * B * T,
+                             err_msg=f"seed={seed}")
+  # Gradient terms are products of q, k, v and cos(out) (|.| <= 1): their scale, not the
+  # gradient's own (which can cancel), bounds the rounding error.
+  scale = H ** -0.5 * np.abs(f32(q)).max() * np.abs(f32(k)).max() * np.abs(f32(v)).max()
+  for name, g, w in zip("qkv", got_g, want_g):
+    np.testing.assert_allclose(f32(g), f32(w), atol=2 * tol * max(np.abs(f32(w)).max(), scale),
+                               rtol=1e-4 if dtype == jnp.float32 else 0,
+                               err_msg=f"d{name} seed={seed}")
+
+
 @pytest.mark.parametrize("data,context,tensor,causal,block_k",
                          [(2, 4, 1, True, None), (1, 8, 1, True, 4), (1, 4, 2, True, None),
                           (2, 2, 2, True, 8), (2, 4, 1, False, 4)],
                          ids=["data2-ctx4", "ctx8-blockk4", "ctx4-tensor2", "data2-ctx2-tensor2-blockk8",
                               "noncausal-ctx4-blockk4"])
 def test_ring_matches_dense_values_and_grads(data, context, tensor, causal, block_k):
-  seed = _seed()
-  rng = np.random.default_rng(seed)
-  B, T, N, K, H = 2 * data, 16 * context, 4, 2, 8  # GQA: two query heads per kv head
-  q = jnp.asarray(rng.standard_normal((B, T, N, H)), jnp.float32)
-  k = jnp.asarray(rng.standard_normal((B, T, K, H)), jnp.float32)
-  v = jnp.asarray(rng.standard_normal((B, T, K, H)), jnp.float32)
-  seg = jnp.asarray(_packed_segments(rng, B, T))
-  mesh = _mesh(data, context, tensor)
-  (want_val, want_g), (got_val, got_g), out = _dense_and_ring(mesh, context, q, k, v, seg, causal,
-                                                              block_k)
-  want_out = attention_lib.dense_attention(q, k, v, seg, causal=causal)
-  np.testing.assert_allclose(out, want_out, atol=1e-5, rtol=1e-5, err_msg=f"seed={seed}")
-  # A sum over ~B*T*N*H outputs: float32 reassociation reaches ~1e-6 of its scale.
-  np.testing.assert_allclose(got_val, want_val, rtol=1e-5, atol=1e-5 * B * T, err_msg=f"seed={seed}")
-  for name, g, w in zip("qkv", got_g, want_g):
-    np.testing.assert_allclose(g, w, atol=2e-5 * np.abs(w).max(), rtol=1e-4,
-                               err_msg=f"d{name} seed={seed}")
+  _check_ring(data, context, tensor, causal, block_k, "xla")
+
+
+@pytest.mark.parametrize("data,context,tensor,causal",
+                         [(2, 4, 1, True), (1, 8, 1, True), (1, 4, 2, True), (2, 4, 1, False)],
+                         ids=["data2-ctx4", "ctx8", "ctx4-tensor2", "noncausal-ctx4"])
+def test_ring_with_kernel_per_block_matches_dense(data, context, tensor, causal):
+  """block_impl='pallas' (the kernel, interpreted): packed documents straddle shards, GQA."""
+  _check_ring(data, context, tensor, causal, None, "pallas", T_per_device=8)
+
+
+def test_ring_with_kernel_per_block_bfloat16():
+  """The model's compute dtype: bfloat16 inputs, float32 merge, against the float32 reference
+  on the same rounded inputs."""
+  _check_ring(2, 4, 1, True, None, "pallas", T_per_device=8, dtype=jnp.bfloat16)
 
 
 def test_straddling_document_sees_only_itself():
@@ -133,8 +165,10 @@ def test_attention_rejects_indivisible_sequence():
       jax.jit(lambda q: attention_lib.attention(q, q, q, None))(q)
 
 
-def test_ring_runs_on_sequence_shards(monkeypatch):
-  """Each device's ring step sees B/data rows and T/context tokens, never the whole sequence."""
+@pytest.mark.parametrize("impl,block_impl", [("xla", "xla"), ("pallas", "pallas")])
+def test_ring_runs_on_sequence_shards(monkeypatch, impl, block_impl):
+  """Each device's ring step sees B/data rows and T/context tokens, never the whole sequence;
+  model.attention_impl='pallas' runs the kernel per ring block."""
   seen = []
   real = context_parallel.ring_attention_local
   monkeypatch.setattr(context_parallel, "ring_attention_local",
@@ -142,8 +176,22 @@ def test_ring_runs_on_sequence_shards(monkeypatch):
   mesh = _mesh(2, 4, 1)
   q = jnp.zeros((4, 32, 2, 8))
   with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
-    jax.jit(lambda q: attention_lib.attention(q, q, q, None))(q)
-  assert seen == [((2, 8, 2, 8), dict(axis_name="context", axis_size=4))]
+    jax.jit(lambda q: attention_lib.attention(q, q, q, None, impl=impl))(q)
+  assert seen == [((2, 8, 2, 8), dict(axis_name="context", axis_size=4, block_impl=block_impl))]
+
+
+def test_kernel_ring_calls_the_kernel_per_visible_pair(monkeypatch):
+  """C = 4: one causal call on the local block, then two c x c non-causal calls per step."""
+  calls = []
+  real = context_parallel.flash_attention_with_lse
+  monkeypatch.setattr(context_parallel, "flash_attention_with_lse",
+                      lambda q, k, v, **kw: (calls.append((q.shape[1], k.shape[1], kw["causal"])),
+                                             real(q, k, v, **kw))[1])
+  mesh = _mesh(2, 4, 1)
+  q = jnp.zeros((4, 32, 2, 8))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+    jax.jit(lambda q: attention_lib.attention(q, q, q, None, impl="pallas"))(q)
+  assert calls == [(8, 8, True)] + [(4, 4, False)] * 6
 
 
 def test_batch_placement_applies_the_layout():

@@ -18,9 +18,10 @@ batch sharded as the logical rules shard 'batch', heads as 'heads'/'kv'.
 
 Context parallelism: when the rules map the activations' 'length' axis to a
 mesh axis of size C > 1 (mesh.context), the sequence is sharded and every
-implementation goes through ring attention (maxlm/model/context_parallel.py),
-whose per-block compute is the XLA path; a kernel impl then logs a warning
-once (the ring's equivalence to dense attention is tested). The batch must
+implementation goes through ring attention (maxlm/model/context_parallel.py).
+Its per-block compute is maxlm's Pallas kernel for impl 'pallas' and the XLA
+path otherwise; cudnn and splash then log a warning once (they return no
+log-sum-exp to merge blocks with). The batch must
 then be in the load-balanced layout (maxlm.sharding.host_batch_to_global
 applies it).
 """
@@ -143,12 +144,14 @@ def attention(q_btnh, k_bskh, v_bskh, segment_ids_bt, *, impl: str = "xla",
     raise ValueError(f"model.sliding_window={window} is not supported under context"
                      " parallelism (mesh.context > 1): ring attention has no window")
   if context is not None:
-    if impl != "xla":
+    # The Pallas kernel runs per ring block; cudnn and splash have no lse output: xla blocks.
+    block_impl = "pallas" if impl == "pallas" else "xla"
+    if impl not in ("xla", "pallas"):
       _warn_ring_per_block(impl)
     if segment_ids_bt is None:
       segment_ids_bt = jnp.ones(q_btnh.shape[:2], jnp.int32)
     ring = functools.partial(context_parallel.ring_attention_local, axis_name=context,
-                             axis_size=mesh.shape[context])
+                             axis_size=mesh.shape[context], block_impl=block_impl)
     return _sharded(ring, q_btnh, k_bskh, v_bskh, segment_ids_bt, length_axes=(context,))
   if impl == "xla":
     if segment_ids_bt is None:
@@ -231,7 +234,8 @@ def _mesh_axes(mesh, logical: str, dim: int) -> tuple[str, ...] | None:
 @functools.lru_cache(maxsize=None)
 def _warn_ring_per_block(impl: str) -> None:
   log.warning("model.attention_impl=%r under context parallelism: ring attention runs the XLA"
-              " per-block path (the kernel exposes no log-sum-exp to merge blocks)", impl)
+              " per-block path (only the 'pallas' kernel returns the log-sum-exp that merges"
+              " blocks)", impl)
 
 
 def _context_axis(mesh, T: int) -> str | None:

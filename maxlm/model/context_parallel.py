@@ -34,14 +34,23 @@ Masks are exact: key j is visible to query i iff both have the same segment
 id and j <= i in the natural order, so packed documents that straddle shards
 still attend only within themselves, and padding (segment 0) sees padding.
 
-Per-block compute is the XLA path: einsums with float32 logits, keys taken
-`block_k` at a time with the same online softmax (so no [T/C, T/C] matrix
-either), each sub-block under jax.checkpoint so the backward recomputes its
-probabilities instead of keeping them. The Pallas kernel is not used per block: merging blocks needs each
-block's log-sum-exp and a causal mask at a query/key offset, and the kernel
-(kernels/flash_attention.py) exposes neither; that is the follow-up to make
-the per-block work flash-speed on GPU. Backward is autodiff through the ring
-(ppermute transposes to the reverse ppermute).
+Per-block compute, `block_impl`:
+  xla     einsums with float32 logits, keys taken `block_k` at a time with the
+          same online softmax (so no [T/C, T/C] matrix either), each sub-block
+          under jax.checkpoint so the backward recomputes its probabilities
+          instead of keeping them; the running state is (max, sum, accumulator).
+  pallas  the flash kernel (kernels/flash_attention.py) once per visible chunk
+          pair, through `flash_attention_with_lse`: each call returns its
+          normalised output and log-sum-exp, and blocks merge by the
+          log-sum-exp rule (`_merge_lse`). The zigzag layout needs no mask at a
+          query/key offset: the local block in layout order [front, back] is
+          plain causal attention (front < back in the natural order too), and
+          every off-diagonal pair is fully visible or skipped, so the kernel's
+          causal=True / causal=False with a pair of segment ids covers all.
+          The kernel's backward takes the lse cotangent the merge produces.
+The dispatch (maxlm/model/attention.py) picks pallas for
+model.attention_impl='pallas' and xla otherwise. Backward is autodiff through
+the ring (ppermute transposes to the reverse ppermute).
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from kernels.flash_attention import flash_attention_with_lse
 from maxlm.sharding.context_layout import from_layout, layout_indices, to_layout  # noqa: F401  (re-exported)
 
 # Finite "minus infinity" for masked logits: exp(NEG - m) is 0 for any real m,
@@ -129,13 +139,23 @@ def _halves(x, axis):
 
 def ring_attention_local(q_btnh, k_bskh, v_bskh, segment_ids_bt, *, axis_name: str,
                          axis_size: int, causal: bool = True, softmax_scale: float | None = None,
-                         block_k: int = 512):
+                         block_k: int = 512, block_impl: str = "xla",
+                         interpret: bool | None = None):
   """Ring attention on one device's shard (call inside shard_map over `axis_name`).
 
   q [B, T/C, N, H], k and v [B, T/C, K, H], segment ids [B, T/C], all in the
   load-balanced layout (module docstring). Returns [B, T/C, N, H] in q's dtype.
-  `block_k`: keys per sub-block of the per-block compute (bounds its logits).
+  `block_impl`: per-block compute, 'xla' or 'pallas' (module docstring).
+  `block_k`: keys per sub-block of the xla per-block compute (bounds its logits).
+  `interpret`: run the Pallas kernel in the interpreter; default: on CPU.
   """
+  if block_impl not in ("xla", "pallas"):
+    raise ValueError(f"ring attention block_impl={block_impl!r} is not one of xla, pallas")
+  if block_impl == "pallas":
+    return _ring_kernel(q_btnh, k_bskh, v_bskh, segment_ids_bt, axis_name=axis_name,
+                        axis_size=axis_size, causal=causal, softmax_scale=softmax_scale,
+                        interpret=jax.default_backend() == "cpu" if interpret is None
+                        else interpret)
   C = axis_size
   B, Tl, N, H = q_btnh.shape
   K = k_bskh.shape[2]
@@ -190,3 +210,68 @@ def _finish(state, q_btnh):
   # Every query sees at least itself (same segment, j == i), so l >= 1 here.
   out_btkgh = jnp.einsum("bkgth->btkgh", acc_bkgth / l_bkgt[..., None])
   return out_btkgh.reshape(q_btnh.shape).astype(q_btnh.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Per-block compute with the Pallas kernel: (out, lse) per chunk pair, merged.
+
+def _merge_lse(a, b):
+  """Merges two partial attentions (out [B,T,N,H] float32, lse [B,T,N]) over disjoint keys.
+
+  out = (e^lse_a out_a + e^lse_b out_b) / (e^lse_a + e^lse_b), shifted by the
+  larger lse. The shift cancels exactly, so it carries no gradient; a block
+  whose row saw no key (lse -inf) gets weight 0, and its lse gets gradient 0.
+  """
+  out_a, lse_a = a
+  out_b, lse_b = b
+  m = jax.lax.stop_gradient(jnp.maximum(lse_a, lse_b))
+  m = jnp.where(jnp.isfinite(m), m, 0.0)  # both empty: weights 0, kept finite
+  w_a, w_b = jnp.exp(lse_a - m), jnp.exp(lse_b - m)
+  total = w_a + w_b
+  safe = jnp.where(total > 0, total, 1.0)
+  out = (w_a[..., None] * out_a + w_b[..., None] * out_b) / safe[..., None]
+  return out, jnp.where(total > 0, m + jnp.log(safe), -jnp.inf)
+
+
+def _ring_kernel(q_btnh, k_bskh, v_bskh, segment_ids_bt, *, axis_name: str, axis_size: int,
+                 causal: bool, softmax_scale: float | None, interpret: bool):
+  C = axis_size
+  Tl = q_btnh.shape[1]
+  if Tl % 2:
+    raise ValueError(f"context shard length {Tl} must be even (two chunks per device)")
+  me = jax.lax.axis_index(axis_name)
+  attend = functools.partial(flash_attention_with_lse, softmax_scale=softmax_scale,
+                             interpret=interpret)
+
+  def block(q, k, v, q_seg, kv_seg, causal_block):
+    out, lse = attend(q, k, v, segment_ids=(q_seg, kv_seg), causal=causal_block)
+    return out.astype(jnp.float32), lse
+
+  # Step 0, the local block: in layout order [front, back] causal attention is
+  # exactly the zigzag diagonal (front x front and back x back causal, back x
+  # front all visible, front x back hidden).
+  state = block(q_btnh, k_bskh, v_bskh, segment_ids_bt, segment_ids_bt, causal)
+  kv = (k_bskh, v_bskh, segment_ids_bt)
+  ring = [(j, (j + 1) % C) for j in range(C)]
+  if not causal:
+    for _ in range(1, C):
+      kv = jax.lax.ppermute(kv, axis_name, ring)
+      state = _merge_lse(state, block(q_btnh, *kv[:2], segment_ids_bt, kv[2], False))
+    return state[0].astype(q_btnh.dtype)
+
+  front, back = zip(*(_halves(x, 1) for x in state))
+  q_f, q_b = _halves(q_btnh, 1)
+  seg_f, seg_b = _halves(segment_ids_bt, 1)
+  for step in range(1, C):
+    kv = jax.lax.ppermute(kv, axis_name, ring)  # now holding device (me - step)'s block
+    src = (me - step) % C
+    (k_f, k_b), (v_f, v_b), (kseg_f, kseg_b) = (_halves(x, 1) for x in kv)
+    # q_back x kv_front: always visible, no causal mask within the pair.
+    back = _merge_lse(back, block(q_b, k_f, v_f, seg_b, kseg_f, False))
+    # One more pair, also fully visible: q_front x kv_front if src < me, else q_back x kv_back.
+    lower = src < me
+    q_s, qseg_s = _select(lower, (q_f, seg_f), (q_b, seg_b))
+    k_s, v_s, kseg_s = _select(lower, (k_f, v_f, kseg_f), (k_b, v_b, kseg_b))
+    merged = _merge_lse(_select(lower, front, back), block(q_s, k_s, v_s, qseg_s, kseg_s, False))
+    front, back = _select(lower, merged, front), _select(lower, back, merged)
+  return jnp.concatenate([front[0], back[0]], axis=1).astype(q_btnh.dtype)
