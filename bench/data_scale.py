@@ -8,6 +8,10 @@ document), then in subprocesses:
   prepare   python -m maxlm.data.prepare (in-process runner, one core, unless
             --workers): wall time, tokens/s per core, peak RSS of the whole
             process tree (sampled from /proc every 0.1 s)
+  encode    the tokenizer's own batch encode on the same texts, one core
+            (SentencePiece encode(list, num_threads=1); tokenizers'
+            encode_batch_fast): prepare's tokens/s as a ratio to it, by wall
+            time and by CPU seconds
   startup   make_train_iterator + the first batch + make_eval_batches from the
             shards: seconds and peak RSS (what a training host pays before step 1)
   train     the tiny model for --steps steps from the shards with the raw
@@ -22,6 +26,7 @@ documents, data state <= 1 MB.
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -113,6 +118,51 @@ print(json.dumps(dict(rss_mb=_peak_rss_mb())))
 '''
 
 
+# The tokenizer's own batch encode speed on the corpus' texts, one core: the
+# reference prepare's tokens/s is a ratio to (issue 13: "SentencePiece's own
+# encode speed here"). Only the encode calls are timed (wall and CPU); the
+# texts are read and parsed in batches around them (constant memory).
+_ENCODE_SPEED = r'''
+import json, os, sys, time
+os.environ.setdefault("RAYON_NUM_THREADS", "1")  # the tokenizers backend: one core too
+sys.path.insert(0, {root!r})
+from maxlm.data import tokenizer_io
+tok = tokenizer_io.load({tok!r})
+wall = cpu = 0.0
+n = 0
+def run(batch):
+  global wall, cpu, n
+  t, c = time.perf_counter(), time.process_time()
+  if tok.sp is not None:  # SentencePiece's batch API, one thread
+    out = tok.sp.encode(batch, num_threads=1)
+    n += sum(map(len, out))
+  else:  # the tokenizers backend's batch API
+    out = tok._hf.encode_batch_fast(batch, add_special_tokens=False)
+    n += sum(len(e.ids) for e in out)
+  wall += time.perf_counter() - t
+  cpu += time.process_time() - c
+batch = []
+with open({corpus!r}) as f:
+  for line in f:
+    batch.append(json.loads(line)["text"])
+    if len(batch) == {batch}:
+      run(batch)
+      batch = []
+if batch:
+  run(batch)
+print(json.dumps(dict(tokens=n, wall_s=wall, cpu_s=cpu,
+                      backend="sentencepiece" if tok.sp is not None else "tokenizers")))
+'''
+
+
+def encode_speed(corpus: str, tok: str, env=None, batch: int = 512) -> dict:
+  """The tokenizer's own batch encode on the corpus' texts, one core, in a subprocess:
+  {tokens, wall_s, cpu_s, backend}."""
+  res, _, _ = run_measured([sys.executable, "-c", _ENCODE_SPEED.format(
+      root=ROOT, tok=tok, corpus=corpus, batch=batch)], env)
+  return _last_json(res.stdout)
+
+
 def generate(path: str, n_docs: int, seed: int = 0) -> int:
   """n_docs JSONL lines; returns bytes written."""
   rng = np.random.default_rng(seed)
@@ -154,8 +204,10 @@ def _tree_rss_kb(pid: int) -> int:
   return total
 
 
-def run_measured(cmd, env=None) -> tuple[subprocess.CompletedProcess, float, float]:
-  """(result, wall seconds, peak RSS of the process tree in MB)."""
+def run_measured(cmd, env=None, cpu=None) -> tuple[subprocess.CompletedProcess, float, float]:
+  """(result, wall seconds, peak RSS of the process tree in MB); cpu: a list that gets
+  the CPU seconds (user + system) of the command's process tree."""
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
   t0 = time.time()
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
@@ -171,6 +223,9 @@ def run_measured(cmd, env=None) -> tuple[subprocess.CompletedProcess, float, flo
   out, err = proc.communicate()
   done.set()
   t.join()
+  if cpu is not None:
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
   res = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
   if res.returncode:
     raise RuntimeError(f"{cmd[:4]} failed:\n{err[-3000:]}")
@@ -182,8 +237,9 @@ def _last_json(stdout: str) -> dict:
 
 
 def measure(n_docs: int, root: str, tok: str, steps: int, workers: int,
-            shard_tokens: int = 0) -> dict:
-  """One corpus size; shard_tokens: prepare's target per shard (0 = its default)."""
+            shard_tokens: int = 0, encode_ref: bool = True) -> dict:
+  """One corpus size; shard_tokens: prepare's target per shard (0 = its default);
+  encode_ref: also time the tokenizer alone on the same texts (the ratio's reference)."""
   d = os.path.join(root, f"n{n_docs}")
   shutil.rmtree(d, ignore_errors=True)
   os.makedirs(os.path.join(d, "raw"))
@@ -191,11 +247,16 @@ def measure(n_docs: int, root: str, tok: str, steps: int, workers: int,
   with open(os.path.join(d, "data_cfg.py"), "w") as f:
     f.write(_CONFIG.format(glob=os.path.join(d, "raw", "*.jsonl")))
   shards = os.path.join(d, "shards")
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, d]), JAX_PLATFORMS="cpu")
+  # RAYON_NUM_THREADS: a tokenizer.json's batch encode on one core too (prepare's per-core figure)
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, d]), JAX_PLATFORMS="cpu",
+             RAYON_NUM_THREADS="1")
+  corpus = os.path.join(d, "raw", "corpus.jsonl")
+  ref = encode_speed(corpus, tok, env) if encode_ref else None
+  prep_cpu = []
   res, prep_s, prep_rss = run_measured(
       [sys.executable, "-m", "maxlm.data.prepare", "--config=" + os.path.join(d, "data_cfg.py"),
        f"--tokenizer={tok}", f"--out={shards}", f"--workers={workers}", "--noprogress"]
-      + ([f"--shard_tokens={shard_tokens}"] if shard_tokens else []), env)
+      + ([f"--shard_tokens={shard_tokens}"] if shard_tokens else []), env, cpu=prep_cpu)
   with open(os.path.join(shards, "manifest.json")) as f:
     manifest = json.load(f)
   tokens = sum(s[k]["tokens"] for s in manifest["sources"].values() for k in ("train", "heldout"))
@@ -207,6 +268,14 @@ def measure(n_docs: int, root: str, tok: str, steps: int, workers: int,
   startup = _last_json(res.stdout)
   out = dict(docs=n_docs, corpus_mb=corpus_bytes / 2**20, tokens=tokens, shards=n_shards,
              prepare_s=prep_s, prepare_tok_s_core=tokens / prep_s / max(1, workers),
+             prepare_cpu_s=prep_cpu[0],
+             encode_tok_s=ref and ref["tokens"] / ref["wall_s"],
+             encode_tok_cpu_s=ref and ref["tokens"] / ref["cpu_s"],
+             encode_backend=ref and ref["backend"],
+             # prepare vs the tokenizer alone, by wall (the issue's figure, one core) and by
+             # CPU seconds (steadier on a shared box: another process's time is not counted)
+             ratio_wall=ref and tokens / prep_s / max(1, workers) / (ref["tokens"] / ref["wall_s"]),
+             ratio_cpu=ref and tokens / prep_cpu[0] / (ref["tokens"] / ref["cpu_s"]),
              prepare_rss_mb=prep_rss, startup_s=startup["startup_s"],
              startup_rss_mb=startup["rss_mb"], train_s=None, train_rss_mb=None,
              state_json_bytes=None, state_counts_bytes=None)
@@ -228,20 +297,22 @@ def main():
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--workers", type=int, default=1, help="prepare processes (1 = in-process)")
   ap.add_argument("--workdir", default="")
+  ap.add_argument("--tokenizer", default="", help="a .model / tokenizer.json / HF directory "
+                  "(default: maxlm's own, trained on the default data config)")
   args = ap.parse_args()
   root = args.workdir or tempfile.mkdtemp(prefix="data_scale_")
   os.makedirs(root, exist_ok=True)
   from maxlm import data  # pylint: disable=g-import-not-at-top
-  tok = data.build_tokenizer(data.default_data_config(), root)
+  tok = args.tokenizer or data.build_tokenizer(data.default_data_config(), root)
   rows = [measure(int(n), root, tok, args.steps, args.workers) for n in args.docs.split(",")]
   cols = ("docs", "corpus_mb", "tokens", "shards", "prepare_s", "prepare_tok_s_core",
-          "prepare_rss_mb", "startup_s", "startup_rss_mb", "train_rss_mb", "state_json_bytes",
+          "encode_tok_s", "ratio_wall", "ratio_cpu", "prepare_rss_mb", "startup_s", "startup_rss_mb", "train_rss_mb", "state_json_bytes",
           "state_counts_bytes")
   print("| " + " | ".join(cols) + " |")
   print("|" + "---|" * len(cols))
   for r in rows:
-    print("| " + " | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c])
-                            for c in cols) + " |")
+    print("| " + " | ".join((f"{r[c]:.2f}" if c.startswith("ratio") else f"{r[c]:.1f}")
+                            if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
   print(json.dumps(rows))
   if len(rows) > 1:
     for k in ("prepare_rss_mb", "startup_rss_mb", "train_rss_mb"):

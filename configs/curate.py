@@ -100,7 +100,10 @@ def get_config(arg: str = "default"):
       verify=True,                # keep an LSH candidate pair only if its estimated Jaccard >= threshold
       max_verify=32,              # earlier bucket members a document is checked against
       seed=1,                     # permutations; must be equal across runs that share signatures
-      cc_rounds=8,                # large-star/small-star rounds, unrolled; the run fails if too few
+      cc="union_find",            # clusters: union-find on one worker (duplicates must fit it), or
+                                  # "rounds": distributed large-star/small-star rounds
+      cc_max_nodes=4_000_000,     # union_find: documents with a near duplicate before the run stops (~1 GB)
+      cc_rounds=8,                # rounds: unrolled; the run fails if too few
       score_field="quality_score",  # kept per cluster: highest meta score, then smallest id
   )
   # Brown et al. 2020 (GPT-3), appendix C: 13-gram overlap.

@@ -166,6 +166,72 @@ def test_connected_components_fail_loudly_when_rounds_too_few(tmp_path):
     run_beam(lambda p: {"leaves": p | beam.Create(edges) | dedup.ConnectedComponents(rounds=1)}, tmp_path)
 
 
+def test_union_find_components_match_rounds_and_reference(tmp_path):
+  rng = random.Random(5)
+  labels = rng.sample(range(10_000), 300)
+  path = [(labels[i], labels[i + 1]) for i in range(99)]
+  rand = [(rng.choice(labels[100:]), rng.choice(labels[100:])) for _ in range(150)]
+  edges = [e for e in path + rand if e[0] != e[1]]
+  batches = [edges[i:i + 37] for i in range(0, len(edges), 37)]  # edges arrive in batches
+  out = run_beam(lambda p: {
+      "uf": p | "uf_in" >> beam.Create(batches) | dedup.UnionFindComponents()
+              | beam.Map(lambda roots: sorted(roots.items())),
+      "rounds": p | "r_in" >> beam.Create(edges) | dedup.ConnectedComponents(rounds=8)}, tmp_path)
+  (uf,) = out["uf"]
+  assert dict(map(tuple, uf)) == dict(map(tuple, out["rounds"])) == _union_find_roots(edges)
+
+
+def test_union_find_refuses_more_nodes_than_bound(tmp_path):
+  edges = [[(i, i + 1) for i in range(50)]]
+  with pytest.raises(Exception, match="cc_max_nodes=10.*cc='rounds'"):
+    run_beam(lambda p: {"uf": p | beam.Create(edges) | dedup.UnionFindComponents(max_nodes=10)}, tmp_path)
+
+
+def test_near_dedup_union_find_equals_rounds_on_planted_corpus(tmp_path):
+  """The union-find path (one worker, side-input drop) gives the previous connected
+  components result (distributed rounds, join by id): same kept set, same kept copy per
+  removed document, same cluster sizes -- on planted groups of 1-4 near copies, chains
+  included, with scores deciding the kept copy."""
+  rng = random.Random(6)
+  docs = []
+  for g in range(40):
+    base = _words(rng, 320)
+    for k in range(rng.randrange(1, 5)):
+      words = list(base)
+      words[rng.randrange(len(words))] = "changed"
+      # Shifted windows make chains (a~b, b~c, a less like c) in some groups.
+      start = 8 * k if g % 3 == 0 else 0
+      docs.append(_doc(f"g{g:02d}-{k}", " ".join(words[start:start + 300]), rng.choice([None, 0.2, 0.7])))
+  docs += [_doc(f"solo{i}", " ".join(_words(rng, 300))) for i in range(30)]
+  rng.shuffle(docs)
+
+  def both(p):
+    src = p | beam.Create(docs)
+    uf = src | "uf" >> dedup.NearDedup(threshold=0.8, cc="union_find")
+    rounds = src | "rounds" >> dedup.NearDedup(threshold=0.8, cc="rounds", cc_rounds=8)
+    return {f"{k}_{tag}": out[tag] for k, out in (("uf", uf), ("rounds", rounds))
+            for tag in ("docs", "rejects", "cluster_sizes")}
+
+  out = run_beam(both, tmp_path)
+  kept = lambda tag: sorted(d["id"] for d in out[f"{tag}_docs"])  # noqa: E731
+  removed = lambda tag: {r["id"]: r["detail"]["kept"] for r in out[f"{tag}_rejects"]}  # noqa: E731
+  assert kept("uf") == kept("rounds")
+  assert removed("uf") == removed("rounds")
+  assert sorted(out["uf_cluster_sizes"]) == sorted(out["rounds_cluster_sizes"])
+  assert len(removed("uf")) > 40 and not any(i.startswith("solo") for i in removed("uf"))
+  # Independent check against exact shingle Jaccard: pairs well above the threshold share
+  # a cluster (same kept document), and no document is removed without a near copy.
+  by_id = {d["id"]: d["text"] for d in docs}
+  root = lambda i: removed("uf").get(i, i)  # noqa: E731
+  ids = sorted(by_id)
+  near = [(a, b) for n, a in enumerate(ids) for b in ids[n + 1:]
+          if a.split("-")[0] == b.split("-")[0] and not a.startswith("solo")
+          and _jaccard(by_id[a], by_id[b]) >= 0.85]
+  assert len(near) > 40 and all(root(a) == root(b) for a, b in near)
+  for i in removed("uf"):
+    assert max(_jaccard(by_id[i], by_id[j]) for j in ids if j != i) >= 0.75, i
+
+
 def test_boilerplate_lines_removed_when_in_enough_documents(tmp_path):
   nav, footer = "Home | About | Contact", "Copyright 2024 Example Corp. All rights reserved."
   docs = []

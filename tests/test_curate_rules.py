@@ -231,6 +231,32 @@ def test_normalize():
   assert normalize.normalize_text("a  b", collapse_whitespace=False) == "a  b"
 
 
+def test_normalize_whitespace_equals_line_by_line_definition():
+  """The fast whitespace path (substring tests and two replaces) against the plain
+  definition: every run of spacing -> " ", every line str.strip()-ed, <= 1 blank line."""
+  import re
+  import unicodedata
+  spaces = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
+  controls = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+  def reference(text, strip_control):
+    text = unicodedata.normalize("NFC", normalize.repair_mojibake(text))
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if strip_control:
+      text = controls.sub("", text)
+    text = "\n".join(line.strip() for line in spaces.sub(" ", text).split("\n"))
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+  rng = random.Random(0)
+  alphabet = list("ab \n\n\t\r") + ["  ", "   ", "\u00a0", "\u2003", "\u1680", "\u2028", "\u2029",
+                                       "\x0b", "\x0c", "\x1c", "\x85", "\u3000", "\u00e9", "\x00"]
+  for _ in range(5000):
+    text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 30)))
+    for strip_control in (True, False):
+      assert normalize.normalize_text(text, strip_control=strip_control) == reference(text, strip_control), (
+          repr(text), strip_control)
+
+
 def test_langid():
   en = "The committee published its annual report on the state of public libraries in the region."
   fr = "Le comité a publié son rapport annuel sur l'état des bibliothèques publiques de la région."

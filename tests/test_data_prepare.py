@@ -11,6 +11,7 @@ import pytest
 from maxlm import data
 from maxlm.data import pipeline
 from maxlm.data import prepare as prepare_lib
+from maxlm.data import prepare_stream
 from maxlm.data import tokenizer as tokenizer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,13 +94,128 @@ def test_shard_document_counts_are_the_records_written(prepared, tmp_path, monke
     assert entry["shard_docs"] == records and entry["docs"] == len(plan.train), plan.name
 
 
-def test_in_process_progress_ends_at_the_manifest_shard_count(prepared, tmp_path, capsys):
-  # Streaming learns the number of shards as it goes; the bar's last state is the manifest's count.
+def _jsonl_config(paths, **source):
+  from maxlm.data import config as config_lib
+  c = small_config()
+  c.sources = {"web": config_lib.source(kind="jsonl", domain="web", paths=tuple(paths), **source)}
+  c.schedule = ()
+  return c
+
+
+_BAR = re.compile(r"prepare: .*?([\d.]+[kMG]?)B/([\d.]+[kMG]?)B read \[(\d\d:\d\d)<(\d\d:\d\d|\?)"
+                  r".*?(\d+) shards, ([\d,]+) docs, ([\d.,]+[MG]?) tokens\]")
+
+
+def _bar_lines(err: str) -> list[tuple]:
+  return _BAR.findall(err.replace("\r", "\n"))
+
+
+def test_in_process_progress_shows_bytes_documents_tokens_and_eta(prepared, tmp_path, capsys):
+  # Issue 18: MB read / total MB (a .gz file counts its compressed bytes), an
+  # ETA, and documents / tokens / shards; the last line reaches the total and
+  # counts what the manifest lists.
+  import gzip
+  from tqdm import tqdm
   tok = prepared[0]
-  m = prepare_lib.prepare(small_config(), tok, str(tmp_path / "s"), docs_per_shard=8, progress=True)
+  _jsonl_corpus(tmp_path / "a.jsonl", 600)
+  _jsonl_corpus(tmp_path / "b.jsonl", 400, seed=1)
+  with open(tmp_path / "b.jsonl", "rb") as f, gzip.open(tmp_path / "b.jsonl.gz", "wb") as g:
+    g.write(f.read())
+  (tmp_path / "b.jsonl").unlink()
+  total = sum(os.path.getsize(tmp_path / f) for f in ("a.jsonl", "b.jsonl.gz"))
+  c = _jsonl_config([str(tmp_path / "*.jsonl*")])
+  capsys.readouterr()
+  m = prepare_lib.prepare(c, tok, str(tmp_path / "s"), docs_per_shard=64, progress=True)
+  lines = _bar_lines(capsys.readouterr().err)
+  assert len(lines) >= 2, lines
+  n_shards = sum(len(s[k]["shards"]) for s in m["sources"].values() for k in ("train", "heldout"))
+  docs = sum(s[k]["docs"] for s in m["sources"].values() for k in ("train", "heldout"))
+  tokens = sum(s[k]["tokens"] for s in m["sources"].values() for k in ("train", "heldout"))
+  size = tqdm.format_sizeof(total)
+  read, of, _, eta, shards, n_docs, n_tok = lines[-1]
+  assert (read, of) == (size, size), lines[-1]
+  assert eta != "?" and n_shards > 10 and int(shards) == n_shards, lines[-1]
+  assert int(n_docs.replace(",", "")) == docs == 1000
+  assert float(n_tok.rstrip("M").replace(",", "")) * (1e6 if n_tok.endswith("M") else 1) == (
+      pytest.approx(tokens, rel=1e-3))
+  assert all(of == size for _, of, *_ in lines)  # the total is known from the first line
+
+
+def test_progress_without_files_counts_shards(prepared, tmp_path, capsys):
+  # Built-in sources name no files: no byte total, no ETA, but the counts.
+  m = prepare_lib.prepare(small_config(), prepared[0], str(tmp_path / "s"), docs_per_shard=8,
+                          progress=True)
   n = sum(len(s[k]["shards"]) for s in m["sources"].values() for k in ("train", "heldout"))
-  bars = re.findall(r"prepare:.*?(\d+)/(\d+) \[", capsys.readouterr().err)
-  assert n > 2 and bars and bars[-1] == (str(n), str(n)), bars[-3:]
+  last = re.findall(r"prepare: .*?(\d+) shards, ([\d,]+) docs", capsys.readouterr().err)[-1]
+  assert last == (str(n), "50")
+
+
+def _bad_jsonl_bytes() -> bytes:
+  """Every kind of line read_jsonl treats specially."""
+  good = [json.dumps({"text": f"doc {i} " + "word " * (i % 7), "id": i}) for i in range(40)]
+  odd = [b"", b"   ", b"{not json", json.dumps({"text": ""}).encode(), json.dumps({"t": "x"}).encode(),
+         b"null", b"[1, 2]", b'  {"text": "leading space"}', b'{"text": "crlf"}\r',
+         b'{"text": "caf\xc3\xa9 ok"}', b'{"text": "bad \xff byte"}', b'\xef\xbb\xbf{"text": "bom"}',
+         b'{"text": "extra"} 5', b'{"text": "a"}{"text": "b"}', b'{"text": 5}', b'{"text": " \\u3000 "}',
+         b'"just a string"', b'{"text": "tab\\tline"}\t']
+  out = []
+  for i, g in enumerate(good):
+    out.append(g.encode())
+    if i < len(odd):
+      out.append(odd[i])
+  return b"\n".join(out) + b"\n" + b'{"text": "last line, no newline"}'
+
+
+@pytest.mark.parametrize("kind", ["plain", "gzip", "truncated_gzip"])
+@pytest.mark.parametrize("chunk", [7, 100, 1 << 22])
+def test_jsonl_text_batches_equal_read_jsonl(tmp_path, kind, chunk):
+  # prepare's JSONL fast path yields read_jsonl's documents, line numbers and
+  # error log (kinds, lines, details), whatever the block boundaries.
+  import gzip
+  from maxlm.data import readers
+  raw = _bad_jsonl_bytes()
+  path = tmp_path / ("c.jsonl" if kind == "plain" else "c.jsonl.gz")
+  data = raw if kind == "plain" else gzip.compress(raw)
+  path.write_bytes(data[:len(data) * 2 // 3] if kind == "truncated_gzip" else data)
+  want_log, got_log = readers.ErrorLog(), readers.ErrorLog()
+  want = [(r.line, r.text) for r in readers.read_file(str(path), want_log, fmt="jsonl")]
+  got = [x for lines, texts in readers.jsonl_text_batches(str(path), got_log, chunk=chunk)
+         for x in zip(lines, texts)]
+  assert got == want and len(want) >= (15 if kind == "truncated_gzip" else 45)
+  assert dict(got_log.counts) == dict(want_log.counts) and want_log.total >= 8
+  assert {k: list(v) for k, v in got_log.lines.items()} == {
+      k: list(v) for k, v in want_log.lines.items()}
+  assert dict(got_log.examples) == dict(want_log.examples)
+  if kind == "truncated_gzip":
+    assert any(k == "truncated_file" for _, k in want_log.counts)
+
+
+@pytest.mark.parametrize("rules", [{}, dict(max_doc_chars=20, min_doc_chars=12, max_docs=37)])
+def test_streamed_jsonl_documents_equal_iter_documents(tmp_path, rules):
+  # The batches prepare streams are sources.iter_documents' documents (keys
+  # without the source name, texts), under the piece / filter / limit rules.
+  from maxlm.data import config as config_lib
+  from maxlm.data import readers
+  from maxlm.data import sources as sources_lib
+  (tmp_path / "a.jsonl").write_bytes(_bad_jsonl_bytes())
+  _jsonl_corpus(tmp_path / "b.jsonl", 30, words=8)
+  src = dict(config_lib.source(kind="jsonl", domain="web", paths=(str(tmp_path / "*.jsonl"),),
+                               **rules), name="web")
+  want_log, got_log = readers.ErrorLog(), readers.ErrorLog()
+  want = [(d.key.split(":", 1)[1], d.text) for d in sources_lib.iter_documents(src, want_log)]
+  got = [x for keys, texts in prepare_stream.document_batches(src, got_log)
+         for x in zip(keys, texts)]
+  assert got == want and len(want) == (37 if rules else 76)
+  assert dict(got_log.counts) == dict(want_log.counts)
+
+
+def test_held_out_equals_unit_hash():
+  from maxlm.data import doc_index
+  rng = np.random.default_rng(0)
+  keys = [f"raw/part-{rng.integers(1e6)}.jsonl:{rng.integers(1e9)}#0" for _ in range(5000)]
+  for fraction in (0.0, 1e-3, 0.05, 0.5, 1.0):
+    want = np.array([fraction > 0 and doc_index.unit_hash(k) < fraction for k in keys])
+    assert (prepare_stream.held_out(keys, fraction) == want).all(), fraction
 
 
 def test_beam_options_default_to_local_processes():
@@ -215,11 +331,80 @@ def test_cli_on_beam_writes_the_same_shards(prepared, tmp_path):
   n = sum(len(s[k]["shards"]) for s in got["sources"].values() for k in ("train", "heldout"))
   assert f"{n} shards ({n} written now)" in res.stdout
   # The bar's last state counts what the summary lists (issue 18: 13 vs 10).
-  bars = re.findall(r"prepare:.*?(\d+)/(\d+) \[", res.stderr)
-  assert bars and bars[-1] == (str(n), str(n)), bars[-3:]
+  bars = re.findall(r"prepare: .*?(\d+) shards, ", res.stderr)
+  assert bars and bars[-1] == str(n), bars[-3:]
   # Beam's local workers are quiet too (they logged ~12 INFO lines each).
   assert "INFO:apache_beam" not in res.stderr, res.stderr[-2000:]
   assert "manifest:" in res.stdout
+
+
+def _records(out, manifest):
+  """{shard: [(doc id, tokens)]} of every shard in the manifest."""
+  from maxlm.data import shards as shards_lib
+  from array_record.python import array_record_module as arm
+  got = {}
+  for s in manifest["sources"].values():
+    for split in ("train", "heldout"):
+      for shard in s[split]["shards"]:
+        r = arm.ArrayRecordReader(os.path.join(out, shard))
+        got[shard] = [(i, t.tolist()) for i, t in (
+            shards_lib.decode_record(x, manifest["dtype"]) for x in r.read_all())]
+        r.close()
+  return got
+
+
+def test_beam_prepare_over_byte_ranges_equals_in_process(prepared, tmp_path):
+  # Beam (DirectRunner's multi_processing, 2 workers) reads JSONL files as byte
+  # ranges (here ~3 kB: a file is many ranges, lines cut across them) and a .gz
+  # whole; the shards hold the same documents, ids and tokens as the
+  # in-process prepare's, the manifest the same counts, errors.json the same log.
+  import gzip
+  tok = prepared[0]
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  _jsonl_corpus(raw / "a.jsonl", 150, words=20)
+  with open(raw / "a.jsonl", "ab") as f:
+    f.write(_bad_jsonl_bytes())
+  _jsonl_corpus(raw / "b.jsonl", 90, seed=1, words=20)
+  with open(raw / "b.jsonl", "rb") as f, gzip.open(raw / "c.jsonl.gz", "wb") as g:
+    g.write(f.read())
+  (raw / "b.jsonl").unlink()
+  _jsonl_corpus(raw / "d.jsonl", 40, seed=2, words=20)
+  (raw / "e.jsonl.gz").write_bytes(b'{"text": "named gzip, holds plain text"}\n')  # an error
+  c = _jsonl_config([str(raw / "*.jsonl*")])
+  c.heldout_fraction = 0.1
+  # A curriculum source needs all its documents: planned by the driver, its ids among the others.
+  from maxlm.data import config as config_lib
+  c.sources.sorted = config_lib.source(kind="jsonl", domain="web", paths=(str(raw / "d.jsonl"),),
+                                       order_by="length")
+  c.sources.tail = config_lib.source(kind="jsonl", domain="web", paths=(str(raw / "a.jsonl"),))
+  # None of f.jsonl's 3 documents hashes into the held-out 10%: planning holds out the
+  # lowest hash instead, which needs the whole source (planned by the driver, as in-process).
+  few = tmp_path / "few"
+  few.mkdir()
+  _jsonl_corpus(few / "f.jsonl", 3, words=20)
+  c.sources.few = config_lib.source(kind="jsonl", domain="web", paths=(str(few / "*"),))
+  ref, out = str(tmp_path / "ref"), str(tmp_path / "beam")
+  want = prepare_lib.prepare(c, tok, ref, docs_per_shard=16, progress=False)
+  got = prepare_lib.prepare(c, tok, out, docs_per_shard=16, progress=False, workers=2,
+                            range_bytes=3000, beam_args=["--runner=DirectRunner",
+                                                         "--direct_running_mode=multi_processing"])
+
+  assert len(prepare_stream.make_ranges(dict(c.sources.web, name="web"), 3000)) >= 8
+  assert got["sources"] == want["sources"]
+  assert sorted(got["sources"]) == ["few", "sorted", "tail", "web"]
+  assert (got["sources"]["few"]["train"]["docs"], got["sources"]["few"]["heldout"]["docs"]) == (2, 1)
+  assert got["sources"]["web"]["heldout"]["docs"] > 10
+  assert _records(out, got) == _records(ref, want)
+  errors = json.load(open(os.path.join(out, "errors.json")))
+  assert errors == json.load(open(os.path.join(ref, "errors.json")))
+  assert "unreadable_file" in errors["web"]["report"] and "malformed_jsonl" in errors["web"]["report"]
+  # Only the small per-range results stay beside the shards; a rerun writes nothing.
+  left = os.listdir(os.path.join(out, "_ranges", "web"))
+  assert left and not [f for f in left if f.endswith(".array_record")]
+  again = prepare_lib.prepare(c, tok, out, docs_per_shard=16, progress=False, workers=2,
+                              range_bytes=3000)
+  assert again["last_run"]["shards_written"] == 0 and again["sources"] == want["sources"]
 
 
 def _jsonl_corpus(path, n_docs, seed=0, words=60):

@@ -102,4 +102,4 @@ def Decontaminate(*, eval_files=(), ngram=13, mode="remove", mask="", enabled=Tr
       masked = dict(doc, text="".join(pieces), meta=dict(doc["meta"], decontam_masked_spans=len(spans)))
       return Note(masked, "masked", {"spans": len(spans)})
     return fn
-  return DocStage("decontam", make)
+  return DocStage("decontam", make, notes=True)  # mask mode lists masked documents

@@ -8,12 +8,19 @@ against the threshold (banding alone has a soft S-curve: with 128 permutations i
 cannot both catch 95% of pairs at s = 0.85 and pass fewer than 5% at 0.75), and
 the surviving pairs joined into clusters by connected components.
 
-Connected components run inside Beam as alternating large-star / small-star
-rounds (Kiveris et al. 2014, "Connected Components in MapReduce and Beyond"):
-each round is one GroupByKey over edges, no worker ever holds more than one
-node's neighbourhood, and O(log^2 n) rounds suffice. The rounds are unrolled
-(`cc_rounds`); a final check fails the run loudly if the graph is not yet a set
-of stars rather than emitting wrong clusters.
+Connected components, two ways (near_dedup.cc):
+- "union_find" (default): the verified edges -- O(near duplicates), not O(corpus)
+  -- are joined by a union-find CombineFn (each worker folds its own edges, one
+  merge joins the forests), bounded by `cc_max_nodes`; the removed ids then reach
+  the document batches as a side input, so documents never cross a shuffle in
+  near dedup. Above the bound the run stops and names the other way.
+- "rounds": alternating large-star / small-star rounds inside Beam (Kiveris et
+  al. 2014, "Connected Components in MapReduce and Beyond"): each round is one
+  GroupByKey over edges, no worker ever holds more than one node's neighbourhood,
+  and O(log^2 n) rounds suffice. The rounds are unrolled (`cc_rounds`); a final
+  check fails the run loudly if the graph is not yet a set of stars rather than
+  emitting wrong clusters. For corpora whose duplicates do not fit one worker.
+Both give the same clusters and the same kept document (tests/test_curate_dedup.py).
 
 Which copy is kept, in both dedups: the highest `quality_score` in meta, then
 the smallest id (`stages.rank_key`) -- the same document whatever the number of
@@ -282,6 +289,88 @@ class ConnectedComponents(beam.PTransform):
 
 
 # ---------------------------------------------------------------------------
+# Connected components (union-find on one worker)
+# ---------------------------------------------------------------------------
+# The verified edges are O(near duplicates), not O(corpus): on most corpora they
+# fit one worker, where union-find joins them in one pass instead of 16 shuffles
+# of every edge (each round's GroupByKey costs a Beam stage, whatever its size).
+# The union-find is a CombineFn: each worker folds its own edges first (combiner
+# lifting), the final merge joins the per-worker forests. Its memory is bounded
+# by `max_nodes`: above it the run stops and says to use the rounds above.
+
+def _uf_find(parent: dict, x):
+  root = x
+  while parent.get(root, root) != root:
+    root = parent[root]
+  while x != root:  # path compression: later finds are one step
+    parent[x], x = root, parent[x]
+  return root
+
+
+def _uf_union(parent: dict, u, v):
+  ru, rv = _uf_find(parent, u), _uf_find(parent, v)
+  if ru != rv:
+    # The smaller root wins: a component's root is its minimum node whatever the
+    # order edges arrive in (so the result is deterministic across runners).
+    lo, hi = (ru, rv) if ru < rv else (rv, ru)
+    parent[hi] = lo
+    parent.setdefault(lo, lo)
+
+
+class _UnionFindFn(beam.CombineFn):
+  """Batches of edges -> {node: component minimum} for every non-minimum node."""
+
+  def __init__(self, max_nodes: int):
+    self._max_nodes = max_nodes
+
+  def create_accumulator(self):
+    return {}
+
+  def _check(self, parent):
+    if len(parent) > self._max_nodes:
+      raise RuntimeError(
+          f"near dedup: more than near_dedup.cc_max_nodes={self._max_nodes} documents have near "
+          "duplicates, too many for one worker's union-find; set near_dedup.cc='rounds' "
+          "(distributed connected components) or raise cc_max_nodes")
+
+  def add_input(self, parent, edges):
+    for u, v in edges:
+      _uf_union(parent, u, v)
+    self._check(parent)
+    return parent
+
+  def merge_accumulators(self, accumulators):
+    accumulators = iter(accumulators)
+    parent = next(accumulators)
+    for other in accumulators:
+      for x, p in other.items():
+        if x != p:
+          _uf_union(parent, x, p)
+      self._check(parent)
+    return parent
+
+  def compact(self, parent):
+    # Every node points at its root before the accumulator is shuffled.
+    return {x: _uf_find(parent, x) for x in list(parent)}
+
+  def extract_output(self, parent):
+    roots = self.compact(parent)
+    return {x: r for x, r in roots.items() if x != r}
+
+
+class UnionFindComponents(beam.PTransform):
+  """Batches (lists) of undirected edges -> one element: {node: component minimum} for
+  every non-minimum node (the same pairs ConnectedComponents emits one by one)."""
+
+  def __init__(self, max_nodes: int = 4_000_000):
+    super().__init__()
+    self._max_nodes = max_nodes
+
+  def expand(self, edge_batches):
+    return edge_batches | "union_find" >> beam.CombineGlobally(_UnionFindFn(self._max_nodes))
+
+
+# ---------------------------------------------------------------------------
 # Near dedup
 # ---------------------------------------------------------------------------
 
@@ -302,7 +391,9 @@ class _SignatureBatchFn(beam.DoFn):
 
 
 def _lsh_parts(batch, n_docs, bands):
-  """(partition, (band hashes, nodes)) of a signature batch; partitioned by band hash."""
+  """(partition, (band hashes, owner index into nodes, nodes)) of a signature batch,
+  partitioned by band hash. Each node goes once per partition with an index array per
+  entry, not once per band (25 tuples to encode per document)."""
   nodes, _, key_nb = batch
   parts = _parts(n_docs * bands, _LSH_ENTRIES_PER_PART)
   keys = key_nb.ravel()
@@ -310,7 +401,8 @@ def _lsh_parts(batch, n_docs, bands):
   part = keys % np.uint64(parts)
   for g in np.unique(part):
     sel = np.flatnonzero(part == g)
-    yield int(g), (keys[sel], [nodes[i] for i in owner[sel]])
+    used, local = np.unique(owner[sel], return_inverse=True)
+    yield int(g), (keys[sel], local, [nodes[i] for i in used])
 
 
 def _sig_parts(batch, n_docs):
@@ -321,7 +413,7 @@ def _sig_parts(batch, n_docs):
   for i, node in enumerate(nodes):
     by[_part_of(node, parts)].append(i)
   for g, idx in by.items():
-    yield g, ([nodes[i] for i in idx], sig_np[idx])
+    yield g, ("sig", ([nodes[i] for i in idx], sig_np[idx]))
 
 
 def _bucket_pairs(part_entries, max_verify, n_docs):
@@ -331,13 +423,14 @@ def _bucket_pairs(part_entries, max_verify, n_docs):
   the first `max_verify` members before it.
   """
   _, entries = part_entries
-  keys = np.concatenate([k for k, _ in entries]) if entries else np.zeros(0, np.uint64)
-  nodes = [n for _, ns in entries for n in ns]
+  entries = list(entries)
+  keys = np.concatenate([k for k, _, _ in entries]) if entries else np.zeros(0, np.uint64)
   if len(keys) < 2:
     return
-  uniq = sorted(set(nodes))
+  uniq = sorted({n for _, _, ns in entries for n in ns})
   rank_of = {n: i for i, n in enumerate(uniq)}
-  rank = np.fromiter(map(rank_of.__getitem__, nodes), np.int64, len(nodes))
+  rank = np.concatenate([np.fromiter(map(rank_of.__getitem__, ns), np.int64, len(ns))[local]
+                         for _, local, ns in entries])
   order = np.lexsort((rank, keys))  # by band hash, then rank
   keys, rank = keys[order], rank[order]
   starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
@@ -348,7 +441,18 @@ def _bucket_pairs(part_entries, max_verify, n_docs):
     for j in range(1, len(members)):
       pairs.update((members[j], members[k]) for k in range(min(j, max_verify)))
   parts = _parts(n_docs, _SIGS_PER_PART)
-  yield from _by_part([(uniq[a], uniq[b]) for a, b in sorted(pairs)], parts)
+  for g, batch in _by_part([(uniq[a], uniq[b]) for a, b in sorted(pairs)], parts):
+    yield g, ("pair", batch)
+
+
+def _untag(part_values) -> dict:
+  """A partition's tagged values ("sig" | "pair" | "half", value) -> {tag: [values]}: the
+  joins below are a Flatten and a GroupByKey of tagged values (a CoGroupByKey without
+  its 5 transforms per join)."""
+  out = collections.defaultdict(list)
+  for tag, value in part_values[1]:
+    out[tag].append(value)
+  return out
 
 
 def _sig_table(batches) -> dict:
@@ -356,21 +460,39 @@ def _sig_table(batches) -> dict:
 
 
 def _attach_later(part_grouped, n_docs):
-  """Join 1: each pair gets its later member's signature, then moves to its earlier member's partition."""
-  _, grouped = part_grouped
+  """Join 1: each pair gets its later member's signature, then moves to its earlier member's partition.
+
+  Yields (partition, (pairs [(earlier, later)], later signatures [n, P])): one array per
+  partition, not one pickled signature row per pair.
+  """
+  grouped = _untag(part_grouped)
   sigs = _sig_table(grouped["sig"])
   parts = _parts(n_docs, _SIGS_PER_PART)
-  yield from _by_part([(b, (a, sigs[a])) for batch in grouped["pair"] for a, b in batch], parts)
+  by = collections.defaultdict(list)
+  for batch in grouped["pair"]:
+    for a, b in batch:
+      by[_part_of(b, parts)].append((b, a))
+  for g, pairs in by.items():
+    yield g, ("half", (pairs, np.stack([sigs[a] for _, a in pairs])))
 
 
 def _verify(part_grouped, threshold, verify):
-  """Join 2: keep a pair when its signatures' estimated Jaccard reaches the threshold."""
-  _, grouped = part_grouped
+  """Join 2: keep a pair when its signatures' estimated Jaccard reaches the threshold.
+
+  Yields the kept pairs (later, earlier) of a partition as one list (a batch of edges)."""
+  grouped = _untag(part_grouped)
   sigs = _sig_table(grouped["sig"])
-  for batch in grouped["half"]:
-    for b, (a, sig_a) in batch:
-      if not verify or minhash.estimate_jaccard(sig_a, sigs[b]) >= threshold:
-        yield (a, b)
+  edges = []
+  for pairs, sig_a_kp in grouped["half"]:
+    if verify:
+      sig_b_kp = np.stack([sigs[b] for b, _ in pairs])
+      # The fraction of equal rows is minhash.estimate_jaccard, for all pairs at once.
+      keep = (sig_a_kp == sig_b_kp).mean(axis=1) >= threshold
+      edges.extend((a, b) for (b, a), k in zip(pairs, keep.tolist()) if k)
+    else:
+      edges.extend((a, b) for b, a in pairs)
+  if edges:
+    yield edges
 
 
 def _split_near_dups(id_groups):
@@ -384,44 +506,97 @@ def _split_near_dups(id_groups):
       yield doc
 
 
+def _removed_ids(roots: dict) -> dict:
+  """{leaf node: root node} -> {leaf id: kept id} (nodes are rank keys (score, id))."""
+  return {leaf[1]: root[1] for leaf, root in roots.items()}
+
+
+def _drop_near_dups(docs, kept_of):
+  """Union-find path, a batch of documents: `kept_of` (a side input, O(near duplicates))
+  maps each removed id to the id kept in its cluster. Batches, because the documents wait
+  for that side input: the runner stores them, and a dozen lists cost it less than 10k
+  single documents. The rejects leave as one list per batch too ("reject_batches")."""
+  rejects = []
+  for doc in docs:
+    kept = kept_of.get(doc["id"])
+    if kept is None:
+      yield doc
+    else:
+      rejects.append(make_reject(doc, "near_dedup", "near_duplicate", {"kept": kept}))
+  if rejects:
+    yield beam.pvalue.TaggedOutput("rejects", rejects)
+
+
+def _cluster_sizes(kept_of: dict):
+  return sorted(n + 1 for n in collections.Counter(kept_of.values()).values())
+
+
 class NearDedup(beam.PTransform):
-  """MinHash-LSH near dedup: {"docs", "rejects", "cluster_sizes"} (sizes of clusters >= 2).
+  """MinHash-LSH near dedup: {"docs", "rejects", "cluster_sizes"} (sizes of clusters >= 2);
+  with cc="union_find" also "reject_batches" (the rejects as lists).
 
   Signatures are computed a batch of documents at a time (BatchElements); band
   hashes are bucketed per partition in numpy; candidate pairs are verified by two
   partitioned joins with the signatures (each signature moves once per join,
-  not once per band).
+  not once per band). Clusters: cc="union_find" (default) joins the verified
+  edges on one worker and drops the removed documents through a side input
+  (both O(near duplicates), bounded by cc_max_nodes), so the documents never
+  move through a shuffle; cc="rounds" runs distributed large-star / small-star
+  rounds and joins the result back by id, for corpora whose duplicates do not
+  fit one worker.
   """
 
   def __init__(self, *, ngram=5, num_perm=256, threshold=0.8, bands=0, rows=0, fn_weight=0.95,
-               verify=True, max_verify=32, seed=1, cc_rounds=8, score_field="quality_score",
-               enabled=True):
+               verify=True, max_verify=32, seed=1, cc="union_find", cc_max_nodes=4_000_000,
+               cc_rounds=8, score_field="quality_score", enabled=True):
     super().__init__(label="near_dedup")
     if not bands or not rows:
       bands, rows = minhash.choose_bands_rows(threshold, num_perm, 1.0 - fn_weight, fn_weight)
     if bands * rows > num_perm:
       raise ValueError(f"bands x rows = {bands * rows} exceeds num_perm = {num_perm}")
+    if cc not in ("union_find", "rounds"):
+      raise ValueError(f"near_dedup.cc={cc!r}: must be 'union_find' or 'rounds'")
     self.bands, self.rows, self.threshold = bands, rows, threshold
     self._sig_args = (num_perm, seed, ngram, bands, rows, score_field)
     self._verify, self._max_verify = verify, max_verify
-    self._cc_rounds = cc_rounds
+    self._cc, self._cc_max_nodes, self._cc_rounds = cc, cc_max_nodes, cc_rounds
 
   def expand(self, docs):
-    n_docs = beam.pvalue.AsSingleton(docs | "count_docs" >> beam.combiners.Count.Globally())
-    sigs = (docs
-            | "batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
-            | "signatures" >> beam.ParDo(_SignatureBatchFn(*self._sig_args)))
+    # Fixed-size batches: every stage below pays per batch, and 1024 signatures are 1 MB.
+    batches = docs | "batch" >> beam.BatchElements(min_batch_size=1024, max_batch_size=1024)
+    sigs = batches | "signatures" >> beam.ParDo(_SignatureBatchFn(*self._sig_args))
+    # The document count (which sizes the partitions) is summed over signature
+    # batches: one element per batch, not per document.
+    n_docs = beam.pvalue.AsSingleton(
+        sigs
+        | "batch_sizes" >> beam.Map(lambda b: (None, len(b[0])))
+        | "group_sizes" >> beam.GroupByKey()
+        | "count_docs" >> beam.Map(lambda kv: sum(kv[1])), default_value=0)
     sig_parts = sigs | "sig_parts" >> beam.FlatMap(_sig_parts, n_docs)
     pairs = (sigs
              | "lsh_parts" >> beam.FlatMap(_lsh_parts, n_docs, self.bands)
              | "buckets" >> beam.GroupByKey()
              | "candidates" >> beam.FlatMap(_bucket_pairs, self._max_verify, n_docs))
-    halves = ({"sig": sig_parts, "pair": pairs}
-              | "join_later" >> beam.CoGroupByKey()
+    halves = ((sig_parts, pairs)
+              | "flatten_later" >> beam.Flatten()
+              | "join_later" >> beam.GroupByKey()
               | "attach_later" >> beam.FlatMap(_attach_later, n_docs))
-    edges = ({"sig": sig_parts, "half": halves}
-             | "join_earlier" >> beam.CoGroupByKey()
-             | "verify" >> beam.FlatMap(_verify, self.threshold, self._verify))
+    edge_batches = ((sig_parts, halves)
+                    | "flatten_earlier" >> beam.Flatten()
+                    | "join_earlier" >> beam.GroupByKey()
+                    | "verify" >> beam.FlatMap(_verify, self.threshold, self._verify))
+    if self._cc == "union_find":
+      kept_of = (edge_batches
+                 | "components" >> UnionFindComponents(self._cc_max_nodes)
+                 | "removed_ids" >> beam.Map(_removed_ids))
+      out = batches | "split" >> beam.FlatMap(_drop_near_dups, beam.pvalue.AsSingleton(kept_of)).with_outputs(
+          "rejects", main="docs")
+      sizes = kept_of | "sizes" >> beam.FlatMap(_cluster_sizes)
+      # "reject_batches": lists of rejects, for a consumer that takes them whole (the
+      # pipeline's Flatten of every stage's rejects stores each element it gets).
+      return {"docs": out.docs, "rejects": out.rejects | "unbatch_rejects" >> beam.FlatMap(lambda b: b),
+              "reject_batches": out.rejects, "cluster_sizes": sizes}
+    edges = edge_batches | "edges" >> beam.FlatMap(lambda batch: batch)
     leaves = edges | "components" >> ConnectedComponents(self._cc_rounds)
     # leaf node -> (leaf id, id of its cluster's kept document)
     leaf_ids = leaves | "leaf_ids" >> beam.Map(lambda e: (e[0][1], e[1][1]))

@@ -30,6 +30,8 @@ import tempfile
 import apache_beam as beam
 import zstandard
 from apache_beam.io import fileio
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from maxlm.curate import outdir, report
 from maxlm.curate.classifier import ClassifierScore
@@ -72,12 +74,42 @@ def _nbytes(rec: dict) -> int:
   return len(rec.get("text", "").encode("utf-8"))
 
 
+class _CountFn(beam.DoFn):
+  """Sums (docs, bytes) per key over a bundle and emits one element per key at its end.
+
+  The counts of every stage meet in one Flatten, where the runner encodes each
+  element (combiner lifting stops at a Flatten): per-document count elements
+  were 90k of the 120k elements the dedup benchmark moved between stages.
+  """
+
+  def __init__(self, keys_fn):
+    self._keys_fn = keys_fn
+
+  def start_bundle(self):
+    self._sums = {}
+
+  def process(self, r):
+    sums = self._sums
+    for key, (docs, nbytes) in self._keys_fn(r):
+      acc = sums.get(key)
+      if acc is None:
+        sums[key] = [docs, nbytes]
+      else:
+        acc[0] += docs
+        acc[1] += nbytes
+
+  def finish_bundle(self):
+    for key, (docs, nbytes) in self._sums.items():
+      yield WindowedValue((key, (docs, nbytes)), GlobalWindow().max_timestamp(), [GlobalWindow()])
+    self._sums = {}
+
+
 def _count(pcoll, label: str, key_fn):
   """Counts (docs, bytes) per key_fn(r) = (stage, kind, key), and per source as (stage, "source_" + kind, source)."""
   def keys(r):
     (stage, kind, key), value = key_fn(r), (1, _nbytes(r))
-    return [((stage, kind, key), value), ((stage, "source_" + kind, str(r.get("source", ""))), value)]
-  return pcoll | f"count_{label}" >> beam.FlatMap(keys)
+    return (((stage, kind, key), value), ((stage, "source_" + kind, str(r.get("source", ""))), value))
+  return pcoll | f"count_{label}" >> beam.ParDo(_CountFn(keys))
 
 
 def _score_bin(doc, stage, field, width):
@@ -156,23 +188,26 @@ def build_pipeline(p: beam.Pipeline, config, inputs, output: str, progress_dir: 
       continue
     out = docs | ctor(**sub)
     docs = out["docs"]
-    rejects.append(out["rejects"])
+    rejects.append(out["reject_batches"] if "reject_batches" in out else out["rejects"])
     if "notes" in out:
       notes.append(out["notes"])
     counts.append(_count(docs, name, lambda r, name=name: (name, "kept", "")))
     if name == "langid":
-      counts.append(docs | "count_langs" >> beam.Map(
-          lambda d: (("langid", "lang", d["meta"]["lang"]), (1, _nbytes(d)))))
+      counts.append(docs | "count_langs" >> beam.ParDo(_CountFn(
+          lambda d: [(("langid", "lang", d["meta"]["lang"]), (1, _nbytes(d)))])))
     if name in SCORE_HISTOGRAMS:
       field = sub.get("score_field") or {"classifier": "quality_score", "model_score": "model_logprob"}[name]
       counts.append(docs | f"hist_{name}" >> beam.FlatMap(_score_bin, name, field, SCORE_HISTOGRAMS[name]))
     if "cluster_sizes" in out:
-      counts.append(out["cluster_sizes"]
-                    | "count_cluster_sizes" >> beam.Map(lambda n: (("near_dedup", "cluster_size", str(n)), (1, 0))))
+      counts.append(out["cluster_sizes"] | "count_cluster_sizes" >> beam.ParDo(
+          _CountFn(lambda n: [(("near_dedup", "cluster_size", str(n)), (1, 0))])))
     stage_names.append(name)
 
   # --- write ---
-  all_rejects = rejects | "flatten_rejects" >> beam.Flatten()
+  # Some stages give their rejects as lists (reject_batches): the Flatten stores a list
+  # for the price of one element.
+  all_rejects = (rejects | "flatten_rejects" >> beam.Flatten()
+                 | "unbatch_rejects" >> beam.FlatMap(lambda r: r if isinstance(r, list) else [r]))
   counts.append(_count(all_rejects, "rejects", lambda r: (r["stage"], "removed", r["rule"])))
   if notes:
     all_notes = notes | "flatten_notes" >> beam.Flatten()
@@ -197,18 +232,34 @@ def build_pipeline(p: beam.Pipeline, config, inputs, output: str, progress_dir: 
                            shard_tokens=shards["shard_tokens"])
   drop_text = not config.write.rejects_keep_text
   _ = (all_rejects
-       | "rejects_json" >> beam.Map(lambda r: _to_json({k: v for k, v in r.items() if not (drop_text and k == "text")}))
+       | "rejects_json" >> beam.Map(lambda r: _to_json({k: v for k, v in r.items() if k != "text"} if drop_text else r))
        | "write_rejects" >> beam.io.WriteToText(os.path.join(output, "rejects", "part"), ".jsonl.zst"))
-  _ = (read["rejects"] | "errors_json" >> beam.Map(_to_json)
-       | "write_errors" >> beam.io.WriteToText(os.path.join(output, "read_errors"), ".jsonl",
-                                                num_shards=1, shard_name_template=""))
-  _ = (counts
-       | "flatten_counts" >> beam.Flatten()
-       | "sum_counts" >> beam.CombinePerKey(_sum_pairs)
-       | "counts_json" >> beam.Map(lambda kv: json.dumps([list(kv[0]), list(kv[1])]))
-       | "write_counts" >> beam.io.WriteToText(os.path.join(output, "counts"), ".jsonl",
-                                                num_shards=1, shard_name_template=""))
+  # read_errors.jsonl and counts.jsonl: one GroupByKey by file name, each file written
+  # whole by one worker (both are small: counts per key, errors within the error budget);
+  # two WriteToText would add 22 transforms, whose set-up cost more than the writing.
+  # The (name, None) markers make both files exist when they have no lines.
+  errors = read["rejects"] | "errors_json" >> beam.Map(lambda r: ("read_errors.jsonl", _to_json(r)))
+  counts_json = (counts
+                 | "flatten_counts" >> beam.Flatten()
+                 | "sum_counts" >> beam.CombinePerKey(_sum_pairs)
+                 | "counts_json" >> beam.Map(lambda kv: ("counts.jsonl", json.dumps([list(kv[0]), list(kv[1])]))))
+  markers = p | "small_files" >> beam.Create([("read_errors.jsonl", None), ("counts.jsonl", None)],
+                                             reshuffle=False)
+  _ = ((markers, errors, counts_json)
+       | "flatten_small" >> beam.Flatten()
+       | "group_small" >> beam.GroupByKey()
+       | "write_small" >> beam.Map(_write_lines, output))
   return stage_names
+
+
+def _write_lines(name_lines, output: str) -> None:
+  """Writes one small output file, output/name, from its (name, lines) group."""
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+  name, lines = name_lines
+  with FileSystems.create(os.path.join(output, name)) as f:
+    for line in lines:
+      if line is not None:
+        f.write(line.encode("utf-8") + b"\n")
 
 
 def run(config, inputs, output: str, beam_args=(), overwrite: bool = False,
@@ -235,6 +286,14 @@ def run(config, inputs, output: str, beam_args=(), overwrite: bool = False,
       raise FileExistsError(f"--shards_out={shards['out']} is not empty: shards of another run "
                             "would mix with these; give a new directory")
   options, runner = beam_lib.pipeline_options(beam_args, config.num_workers)
+  if runner is not None and not any(a.startswith("--direct_running_mode") for a in beam_args or ()):
+    from apache_beam.options.pipeline_options import DirectOptions  # pylint: disable=g-import-not-at-top
+    direct = options.view_as(DirectOptions)
+    if direct.direct_num_workers == 1:
+      # One worker runs in this process: a worker subprocess would only add a second
+      # interpreter (its imports: ~1 CPU s) and gRPC encode/decode of every element
+      # between it and the runner (3 of 12 CPU s of the dedup benchmark).
+      direct.direct_running_mode = "in_memory"
   with contextlib.ExitStack() as stack:
     progress_dir = watcher = None
     if progress and runner is not None:  # the local runner: its workers share this disk

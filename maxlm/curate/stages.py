@@ -51,8 +51,8 @@ def rank_key(doc: dict, score_field: str = "quality_score") -> tuple[float, str]
 class _StageFn(beam.DoFn):
   """Runs `make_fn()` once per worker (setup), then the returned function per document."""
 
-  def __init__(self, stage: str, make_fn: Callable[[], Callable[[dict], Any]]):
-    self._stage, self._make_fn = stage, make_fn
+  def __init__(self, stage: str, make_fn: Callable[[], Callable[[dict], Any]], notes: bool = False):
+    self._stage, self._make_fn, self._notes = stage, make_fn, notes
 
   def setup(self):
     self._fn = self._make_fn()
@@ -65,6 +65,8 @@ class _StageFn(beam.DoFn):
     if isinstance(out, Reject):
       yield beam.pvalue.TaggedOutput("rejects", make_reject(doc, self._stage, out.rule, out.detail))
     elif isinstance(out, Note):
+      if not self._notes:
+        raise ValueError(f"stage {self._stage} returned a Note but was built without DocStage(notes=True)")
       yield out.doc
       yield beam.pvalue.TaggedOutput(
           "notes", {"id": doc["id"], "stage": self._stage, "kind": out.kind, "detail": out.detail})
@@ -73,16 +75,24 @@ class _StageFn(beam.DoFn):
 
 
 class DocStage(beam.PTransform):
-  """A per-document stage: `make_fn()` builds `fn(doc) -> doc | Reject | Note` on each worker."""
+  """A per-document stage: `make_fn()` builds `fn(doc) -> doc | Reject | Note` on each worker.
 
-  def __init__(self, stage: str, make_fn: Callable[[], Callable[[dict], Any]]):
+  notes: the stage can return Notes, and its output has "notes" (the pipeline then writes
+  notes/); stages without add no writer (each output costs the runner a few stages).
+  """
+
+  def __init__(self, stage: str, make_fn: Callable[[], Callable[[dict], Any]], notes: bool = False):
     super().__init__(label=stage)
-    self.stage, self._make_fn = stage, make_fn
+    self.stage, self._make_fn, self._notes = stage, make_fn, notes
 
   def expand(self, docs):
-    out = docs | beam.ParDo(_StageFn(self.stage, self._make_fn)).with_outputs(
-        "rejects", "notes", main="docs")
-    return {"docs": out.docs, "rejects": out.rejects, "notes": out.notes}
+    tags = ("rejects", "notes") if self._notes else ("rejects",)
+    out = docs | beam.ParDo(_StageFn(self.stage, self._make_fn, self._notes)).with_outputs(
+        *tags, main="docs")
+    result = {"docs": out.docs, "rejects": out.rejects}
+    if self._notes:
+      result["notes"] = out.notes
+    return result
 
 
 # ---------------------------------------------------------------------------

@@ -222,9 +222,9 @@ def validate(data_config) -> None:
   if data_config.get("worker_count", 0) < 0:
     raise ValueError(f"data.worker_count={data_config.worker_count} must be >= 0")
   # Schedule stages name real sources and increase (units checked there too).
-  # Imported here: config files import this module and should not load grain.
-  from maxlm.data import mixing  # pylint: disable=g-import-not-at-top
-  mixing.make_stages([s["weight"] for s in srcs], names, data_config.get("schedule", ()),
+  # Imported here: config files import this module and should load no numpy; no grain either.
+  from maxlm.data import schedule  # pylint: disable=g-import-not-at-top
+  schedule.make_stages([s["weight"] for s in srcs], names, data_config.get("schedule", ()),
                      tokens_per_step=1)
   om = data_config.get("online_mixing")
   if om and om.get("rule"):

@@ -41,6 +41,7 @@ import collections
 import dataclasses
 import io
 import json
+import json.scanner
 import os
 import zlib
 from typing import Callable, Iterator
@@ -411,6 +412,178 @@ def _json_lines(path: str, errors: ErrorLog):
       errors.add(path, "malformed_jsonl", n, str(e))
       continue
     yield n, ((offset, len(raw)) if plain else None), line, rec
+
+
+_BYTES_WS = " \t\n\r\x0b\x0c"  # what bytes.strip() strips: blank-line test of _json_lines
+_JSON_WS = " \t\n\r"  # json's own whitespace (json.decoder.WHITESPACE)
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # the C scanner behind json.loads
+
+
+def jsonl_text_batches(path: str, errors: ErrorLog, *, text_field: str = "text",
+                       chunk: int = _CHUNK,
+                       consumed: Callable[[int], None] | None = None
+                       ) -> Iterator[tuple[list[int], list[str]]]:
+  """What read_jsonl yields, as (line numbers, texts) per block of ~`chunk` bytes.
+
+  For tokenize-once (maxlm.data.prepare), where per-document Python work is
+  the cost next to the tokenizer's: a block is decoded in one call and split
+  at newlines, each line parsed by json's C scanner directly, no Record or
+  span made. The same documents, line numbers and errors (kinds, lines and
+  details) as read_jsonl: anything unusual on a line (a parse error, invalid
+  UTF-8, a truncated stream) takes read_jsonl's own steps for it.
+  `consumed(bytes)` is told after each block how far into the file (the
+  compressed bytes, for a compressed one) reading has got: progress and ETA.
+  """
+  opened = open_stream(path, errors)
+  if opened is None:
+    return
+  f, _ = opened
+  underlying = f.raw._raw  # the file itself, under the decompressor (_Prefixed / _ChunkReader)
+  lineno, offset, tail = 0, 0, b""
+  with f:
+    while True:
+      try:
+        block = f.read1(chunk)
+      except TruncatedStream as e:  # _lines' message: the complete lines before the cut are kept
+        errors.add(path, "truncated_file" if offset else "unreadable_file", lineno + 1,
+                   f"{e} at uncompressed byte {offset}; {lineno} lines before it kept")
+        return
+      buf = tail + block
+      cut = len(buf) if not block else buf.rfind(b"\n") + 1
+      if not cut:
+        if not block:
+          return
+        tail = buf
+        continue
+      tail = buf[cut:]
+      lines, texts = _jsonl_block(buf[:cut], lineno, path, errors, text_field)
+      lineno += buf.count(b"\n", 0, cut) + (0 if buf[cut - 1:cut] == b"\n" else 1)
+      offset += cut
+      if consumed is not None:
+        consumed(underlying.tell())
+      if texts:
+        yield lines, texts
+      if not block:
+        return
+
+
+def jsonl_range_batches(path: str, errors: ErrorLog, start: int, end: int, lineno: int, *,
+                        text_field: str = "text", chunk: int = _CHUNK
+                        ) -> Iterator[tuple[list[int], list[str]]]:
+  """jsonl_text_batches of the lines of a plain (uncompressed) file that start
+  in bytes [start, end): the unit of work of prepare on Beam, where workers
+  read byte ranges of one file. `lineno` is the number of lines before the
+  first such line (count_newlines of the earlier ranges, plus one for a range
+  not at 0), so line numbers, keys and errors are those of reading the file
+  whole. A line belongs to the range its first byte is in."""
+  with open(path, "rb") as f:
+    base = 0
+    if start > 0:  # the first line starting at or after `start`
+      f.seek(start - 1)
+      base = start - 1 + len(f.readline())
+    buf = b""
+    while base < end:
+      block = f.read(chunk)
+      buf += block
+      if not block:  # end of file: a last line without a newline
+        if buf:
+          yield from _numbered(buf, lineno, path, errors, text_field)
+        return
+      cut = buf.rfind(b"\n") + 1
+      if not cut:
+        continue
+      if base + cut > end:  # the range ends inside: up to the line holding byte end - 1
+        cut = buf.find(b"\n", max(0, end - 1 - base)) + 1
+        yield from _numbered(buf[:cut], lineno, path, errors, text_field)
+        return
+      yield from _numbered(buf[:cut], lineno, path, errors, text_field)
+      lineno += buf.count(b"\n", 0, cut)
+      base += cut
+      buf = buf[cut:]
+
+
+def _numbered(raw, lineno, path, errors, text_field):
+  lines, texts = _jsonl_block(raw, lineno, path, errors, text_field)
+  if texts:
+    yield lines, texts
+
+
+def count_newlines(path: str, start: int, end: int, chunk: int = 4 * _CHUNK) -> int:
+  """Newline bytes in [start, end) of a file (the line numbers of a byte range)."""
+  n = 0
+  with open(path, "rb") as f:
+    f.seek(start)
+    left = end - start
+    while left > 0:
+      block = f.read(min(chunk, left))
+      if not block:
+        break
+      n += block.count(b"\n")
+      left -= len(block)
+  return n
+
+
+def _jsonl_block(raw: bytes, lineno: int, path: str, errors: ErrorLog,
+                 text_field: str) -> tuple[list[int], list[str]]:
+  """(line numbers, texts) of whole lines `raw`, the first numbered lineno + 1."""
+  try:
+    strs = raw.decode("utf-8").split("\n")
+  except UnicodeDecodeError:  # find the bad lines one by one (decode counts each)
+    strs = None
+  pieces = raw.split(b"\n") if strs is None else strs
+  if pieces[-1] in ("", b""):  # the block ends with a newline: no line after it
+    pieces.pop()
+  ended_all = raw.endswith(b"\n")
+  last = len(pieces) - 1
+  lines, texts = [], []
+  if strs is None:
+    for i, s in enumerate(pieces):
+      _jsonl_line(s, lineno + i + 1, i < last or ended_all, False, path, errors, text_field,
+                  lines, texts)
+    return lines, texts
+  scan = _scan_json
+  for i, s in enumerate(pieces):
+    # The common line, in as few steps as possible: one JSON object, no space
+    # around it, a non-blank string text. Anything else takes _jsonl_line.
+    try:
+      rec, end = scan(s, 0)
+      text = rec[text_field]
+    except Exception:  # pylint: disable=broad-except  (no value, not a dict, no field: below)
+      text = None
+    else:
+      if end == len(s) and type(text) is str and text and not text.isspace():  # pylint: disable=unidiomatic-typecheck
+        lines.append(lineno + i + 1)
+        texts.append(text)
+        continue
+    _jsonl_line(s, lineno + i + 1, i < last or ended_all, True, path, errors, text_field,
+                lines, texts)
+  return lines, texts
+
+
+def _jsonl_line(s, n: int, ended: bool, decoded: bool, path: str, errors: ErrorLog,
+                text_field: str, lines: list, texts: list) -> None:
+  """One line as _json_lines + read_jsonl take it (s: str without its newline,
+  or the raw bytes when the block did not decode)."""
+  if not s.strip(_BYTES_WS if decoded else b" \t\n\r\x0b\x0c"):
+    return
+  if not decoded:  # _lines keeps the newline in the line it decodes and parses
+    s = decode(s + b"\n" if ended else s, path, errors, n)
+  elif ended:
+    s += "\n"
+  try:
+    rec = json.loads(s)
+  except json.JSONDecodeError as e:
+    errors.add(path, "malformed_jsonl", n, str(e))
+    return
+  text = rec.get(text_field) if isinstance(rec, dict) else None
+  if not isinstance(text, str):
+    errors.add(path, "missing_field", n, f"no string field {text_field!r}")
+    return
+  if not text.strip():
+    errors.add(path, "empty_document", n)
+    return
+  lines.append(n)
+  texts.append(text)
 
 
 def _whole(path: str, errors: ErrorLog) -> tuple[bytes, bool] | None:

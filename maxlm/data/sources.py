@@ -334,6 +334,9 @@ def _expand(src: dict) -> list[tuple[str, str]]:
   return out
 
 
+expand_paths = _expand  # public: prepare streams a JSONL source's files itself
+
+
 def _read_text(path: str, errors: ErrorLog) -> str | None:
   """A small built-in file, decoded (bad bytes counted and replaced)."""
   try:
