@@ -3,6 +3,7 @@ r"""Compiled memory of the long-context train step: unsharded vs a context-paral
   python bench/context_memory.py                          # 1b, 32k per sequence, 4-way context
   python bench/context_memory.py --preset=10m --seq_len=4096 --context=4   # seconds
   python bench/context_memory.py --ring_blocks=pallas,xla   # the ring's per-block compute, both
+  python bench/context_memory.py --table=vocab,embed   # the vocabulary table's sharding, both
 
 XLA's compiled memory analysis of the jitted train step on abstract shapes
 (nothing is allocated, so it runs on CPU for any size): per-device temporary
@@ -15,6 +16,10 @@ Sharded: a mesh of --context devices on the `context` axis, ring attention
 unsharded at 32k on a 4-way axis. --ring_blocks: one sharded row per per-block
 compute of the ring: 'pallas' (the stage's attention_impl, the kernel per chunk
 pair) and/or 'xla' (attention_impl='xla' on the sharded mesh: the XLA path).
+--table: how the sharded rows split the vocabulary table over `context`
+(configs/long_context.py's context_rules): 'vocab' (the stage's: by vocabulary,
+so its gradient stays on its shard) and/or 'embed' (by the model dim, as every
+other weight: gathered whole for the lookup and head, gradient all-reduced).
 """
 
 import argparse
@@ -40,17 +45,25 @@ from maxlm.train.state import abstract_state, state_shardings  # noqa: E402
 from maxlm.train.step import train_step  # noqa: E402
 
 
-def _long_context_config(preset: str, seq_len: int):
+def _long_context_module():
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                       "long_context.py")
   spec = importlib.util.spec_from_file_location("maxlm_configs_long_context", path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  return mod.get_config(f"{preset},lengths={seq_len}")
+  return mod
+
+
+def _long_context_config(preset: str, seq_len: int):
+  return _long_context_module().get_config(f"{preset},lengths={seq_len}")
 
 
 def step_memory(cfg: ModelConfig, seq_len: int, context: int, rules) -> dict:
   """Per-device compiled memory (bytes) of one train step on a `context`-device mesh."""
+  # The model's inner jit (maxlm.model.transformer._forward) caches its trace by config and
+  # mesh, not by the flax logical-axis rules in effect: without this, a second row on the same
+  # mesh under other rules would reuse the first row's sharding constraints.
+  jax.clear_caches()
   devices = jax.devices()[:context]
   mesh = make_mesh(data=1, fsdp=1, tensor=1, context=context, devices=devices)
   tx, sched = make_optimizer(peak_lr=1e-4, total_steps=1000,
@@ -79,23 +92,31 @@ def main(argv=None):
   p.add_argument("--context", type=int, default=4)
   p.add_argument("--ring_blocks", default="pallas",
                  help="comma list of xla|pallas: the sharded rows' per-block compute")
+  p.add_argument("--table", default="vocab",
+                 help="comma list of vocab|embed: the sharded rows' vocabulary-table split")
   a = p.parse_args(argv)
-  config = _long_context_config(a.preset, a.seq_len)
+  lc = _long_context_module()
+  config = lc.get_config(f"{a.preset},lengths={a.seq_len}")
   cfg = ModelConfig.from_any(config.model)
+  pretrain_rules = lc.config_files.pretrain(lc.__file__).RULES
   rules = tuple(map(tuple, config.mesh.rules))
   print(f"{a.preset} T={a.seq_len} remat={cfg.remat} attention={cfg.attention_impl}"
         f" dtype={cfg.compute_dtype}")
   gib = lambda x: x / 2**30
-  runs = [("unsharded", 1, cfg)]
-  for block in a.ring_blocks.split(","):
-    if block not in ("xla", "pallas"):
-      raise SystemExit(f"--ring_blocks: {block!r} is not xla or pallas")
-    runs.append((f"context={a.context} {block} blocks", a.context,
-                 dataclasses.replace(cfg, attention_impl=block)))
+  runs = [("unsharded", 1, cfg, rules)]
+  for table in a.table.split(","):
+    if table not in ("vocab", "embed"):
+      raise SystemExit(f"--table: {table!r} is not vocab or embed")
+    for block in a.ring_blocks.split(","):
+      if block not in ("xla", "pallas"):
+        raise SystemExit(f"--ring_blocks: {block!r} is not xla or pallas")
+      runs.append((f"context={a.context} {block} blocks, table by {table}", a.context,
+                   dataclasses.replace(cfg, attention_impl=block),
+                   lc.context_rules(pretrain_rules, table)))
   rows = {}
-  for label, C, run_cfg in runs:
-    rows[label] = m = step_memory(run_cfg, a.seq_len, C, rules)
-    print(f"  {label:26s} temp {gib(m['temp']):8.2f} GiB   arguments {gib(m['arguments']):7.2f}"
+  for label, C, run_cfg, run_rules in runs:
+    rows[label] = m = step_memory(run_cfg, a.seq_len, C, run_rules)
+    print(f"  {label:40s} temp {gib(m['temp']):8.2f} GiB   arguments {gib(m['arguments']):7.2f}"
           f" GiB   per device", flush=True)
   for label, m in rows.items():
     if label != "unsharded":

@@ -20,11 +20,12 @@ over n devices with ring attention; default 4 off runlocal, 1 on it).
 
 Context parallelism (maxlm/model/context_parallel.py): at 32K the activations
 of one row dominate the step; a 4-way context axis splits them (and, with the
-rules below, the weights, gradients and optimizer state ZeRO-style over the
-same devices), so the compiled step's temporary memory falls to 0.38 of one
-device's at 32K, the Pallas kernel running per ring block (issue 15's 1/3 is not
-met on today's step: BENCHMARKS.md, bench/context_memory.py). Needs a device count
-divisible by `context`; set context=1 on fewer devices.
+rules of `context_rules`, the weights, gradients and optimizer state ZeRO-style
+over the same devices, the vocabulary table by vocab), so the compiled step's
+temporary memory falls to 0.31 of one device's at 32K (5.69 of 18.20 GiB for
+`1b`, the Pallas kernel running per ring block; issue 15's target is 1/3:
+BENCHMARKS.md, bench/context_memory.py). Needs a device count divisible by
+`context`; set context=1 on fewer devices.
 
 Memory: `1b` at 32K uses remat='full' and the Pallas attention kernel; what
 fits on one 80 GB GPU is to be measured and written in BENCHMARKS.md (not yet
@@ -52,6 +53,40 @@ def rope_scaling(kind: str, factor: float, original: int, theta: float):
                        high_freq_factor=4.0, original_max_position_embeddings=original)
   raise ValueError(f"configs/long_context.py: rope={kind!r}; one of theta, linear, dynamic, yarn,"
                    " llama3")
+
+
+def context_rules(rules, table: str = "vocab"):
+  """The pretrain `rules` for a context-parallel mesh (issue 15).
+
+  The sequence is over `context` devices; the weights' 'embed' dim over fsdp x
+  context, so the context devices also share the params, grads and moments
+  (ZeRO-3), as MaxText and torchtitan (FSDP over dp_shard x cp) do.
+
+  table='vocab' (the stage's): the vocabulary table (and a tied head's logits)
+  is split by 'vocab' over tensor x context instead, its 'embed' over fsdp only.
+  Flax assigns mesh axes in rule order, each mesh axis once per array, so the
+  'vocab' rule comes first: it takes `context` from 'embed' on the table and
+  from 'length' on the loss's logits chunks. The lookup is then a masked local
+  gather + all-reduce of the [T, D] activations, the head a Megatron
+  vocab-parallel one, and the table's gradient is formed on its own shard: no
+  whole f32 copy of the 128K x D table is gathered or all-reduced (the largest
+  terms of the step at 32K before, BENCHMARKS.md). table='embed': the table
+  split like every weight, by 'embed' over fsdp x context (the earlier rules,
+  kept for bench/context_memory.py's comparison row).
+  """
+  if table not in ("vocab", "embed"):
+    raise ValueError(f"configs/long_context.py: table={table!r}; one of vocab, embed")
+  rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
+  out = tuple((name, ("fsdp", "context")) if name == "embed" else (name, axes)
+              for name, axes in rules if table == "embed" or name != "vocab")
+  if table == "embed":
+    return out
+  vocab = [axes for name, axes in rules if name == "vocab"]
+  vocab_axes = vocab[0] if vocab else None
+  vocab_axes = (() if vocab_axes is None else
+                (vocab_axes,) if isinstance(vocab_axes, str) else tuple(vocab_axes))
+  # 'embed' = fsdp last: the fallback for the table, whose 'context' 'vocab' took.
+  return (("vocab", vocab_axes + ("context",)),) + out + (("embed", "fsdp"),)
 
 
 def get_config(arg: str = "tiny"):
@@ -84,12 +119,8 @@ def get_config(arg: str = "tiny"):
                                 c.model.rope_theta)
   c.model.rope_theta = theta
   c.model.rope_scaling = scaling
-  # The sequence over `context` devices; the weights' 'embed' dim over fsdp x context,
-  # so the context devices also share the params, grads and moments (ZeRO-3), as
-  # MaxText and torchtitan (FSDP over dp_shard x cp) do.
   c.mesh.context = int(opts.get("context", 1 if local else 4))
-  c.mesh.rules = tuple((name, ("fsdp", "context")) if name == "embed" else (name, axes)
-                       for name, axes in c.mesh.rules)
+  c.mesh.rules = context_rules(c.mesh.rules)
   if not local:
     c.model.remat = "full"  # activations of a 32K row do not fit otherwise
     c.model.attention_impl = "pallas"  # no [T, S] score matrix in memory
