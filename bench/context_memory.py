@@ -60,10 +60,6 @@ def _long_context_config(preset: str, seq_len: int):
 
 def step_memory(cfg: ModelConfig, seq_len: int, context: int, rules) -> dict:
   """Per-device compiled memory (bytes) of one train step on a `context`-device mesh."""
-  # The model's inner jit (maxlm.model.transformer._forward) caches its trace by config and
-  # mesh, not by the flax logical-axis rules in effect: without this, a second row on the same
-  # mesh under other rules would reuse the first row's sharding constraints.
-  jax.clear_caches()
   devices = jax.devices()[:context]
   mesh = make_mesh(data=1, fsdp=1, tensor=1, context=context, devices=devices)
   tx, sched = make_optimizer(peak_lr=1e-4, total_steps=1000,

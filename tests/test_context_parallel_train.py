@@ -40,9 +40,6 @@ def _batch(seed):
 
 def _run(cfg, mesh_shape, context, devices=None, rules=RULES):
   """(loss, grads) of the mean loss, and the losses of two train steps."""
-  # The model's inner jit caches its trace by config and mesh, not by the flax rules in
-  # effect: a fresh trace, so each run's sharding constraints are its own rules'.
-  jax.clear_caches()
   tx, sched = make_optimizer(peak_lr=1e-2, schedule=dict(name="constant", warmup_steps=0),
                              total_steps=10)
   mesh = make_mesh(*mesh_shape, devices=devices, context=context)

@@ -102,3 +102,27 @@ def test_microbatching_matches_full_batch(reference):
   got = _one_step((1, 1, 1), jax.devices()[:1], _batch(), microbatches=4)
   np.testing.assert_allclose(got["loss"], reference["loss"], rtol=1e-5)
   np.testing.assert_allclose(got["loss2"], reference["loss2"], rtol=1e-5)
+
+
+def test_model_forward_is_retraced_under_other_axis_rules():
+  """flax reads the logical-axis rules from a context manager at trace time, which jax's jit
+  cache does not see: the model's inner jit must key on them, or a second trace of the same
+  config under other rules silently keeps the first rules' sharding constraints."""
+  cfg = maxlm.ModelConfig(vocab_size=128, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2,
+                          head_dim=16, d_ff=64)
+  mesh = make_mesh(1, 2, 1, devices=jax.devices()[:2])
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  params = jax.device_put(maxlm.init_params(cfg, jax.random.PRNGKey(0)), replicated)
+  tokens = jax.device_put(np.zeros((2, 16), np.int32), replicated)
+
+  def lowered(rules):
+    # A new outer function each time, so only the model's own jit cache could carry a trace over.
+    f = lambda p, t: maxlm.forward(cfg, p, t)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      return jax.jit(f).lower(params, tokens).as_text()
+
+  batch_over_fsdp = tuple((n, "fsdp") if n == "batch" else (n, a) for n, a in RULES)
+  batch_replicated = tuple((n, None) if n == "batch" else (n, a) for n, a in RULES)
+  first, second = lowered(batch_over_fsdp), lowered(batch_replicated)
+  assert first != second
+  assert lowered(batch_over_fsdp) == first  # same rules: the same program

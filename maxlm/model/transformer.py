@@ -376,9 +376,21 @@ def forward_outputs(model_config, params, tokens, segment_ids=None, positions=No
   if output not in OUTPUTS:
     raise ValueError(f"output={output!r} is not one of {OUTPUTS}")
   seg, pos = default_segments_and_positions(jnp.asarray(tokens), segment_ids, positions)
+  rules = _hashable_rules(nn.get_logical_axis_rules())
   if dropout_rng is None or cfg.dropout == 0.0:
-    return _forward(cfg, params, tokens, seg, pos, output)
-  return _forward_train(cfg, params, tokens, seg, pos, dropout_rng, output)
+    return _forward(cfg, params, tokens, seg, pos, output, rules)
+  return _forward_train(cfg, params, tokens, seg, pos, dropout_rng, output, rules)
+
+
+def _hashable_rules(rules):
+  """The logical-axis rules in effect as a static jit argument.
+
+  They must be part of the jit's cache key: flax reads them from a context
+  manager at trace time, which jax's cache does not see, so a second trace of
+  the same config under other rules would silently reuse the first rules'
+  sharding constraints.
+  """
+  return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
 
 
 def lm_head_weights(model_config, params):
@@ -387,17 +399,20 @@ def lm_head_weights(model_config, params):
   return params["embedding_vd"].T if cfg.tie_embeddings else params["lm_head_dv"]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _forward(cfg: ModelConfig, params, tokens_bt, segment_ids_bt, positions_bt, output="logits"):
-  return _module(cfg).apply({"params": params}, tokens_bt, segment_ids_bt, positions_bt,
-                            output=output)
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _forward(cfg: ModelConfig, params, tokens_bt, segment_ids_bt, positions_bt, output="logits",
+             rules=()):
+  with nn.logical_axis_rules(rules):
+    return _module(cfg).apply({"params": params}, tokens_bt, segment_ids_bt, positions_bt,
+                              output=output)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 6))
+@functools.partial(jax.jit, static_argnums=(0, 6, 7))
 def _forward_train(cfg: ModelConfig, params, tokens_bt, segment_ids_bt, positions_bt, rng,
-                   output="logits"):
-  return _module(cfg, False).apply({"params": params}, tokens_bt, segment_ids_bt, positions_bt,
-                                   output=output, rngs={"dropout": rng})
+                   output="logits", rules=()):
+  with nn.logical_axis_rules(rules):
+    return _module(cfg, False).apply({"params": params}, tokens_bt, segment_ids_bt, positions_bt,
+                                     output=output, rngs={"dropout": rng})
 
 
 def forward_with_cache(model_config, params, tokens_bt, segment_ids_bt, positions_bt, cache,
