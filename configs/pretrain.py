@@ -7,6 +7,8 @@ r"""Pretraining a Llama-family decoder.
   runlocal                                      CPU-sized batch, steps and seq_len
   shakespeare_char                              nanoGPT's shakespeare_char CPU recipe
                                                 (run by bench/shakespeare_char.py)
+  jsonl=GLOB[;GLOB]                             your JSONL corpus (.gz/.zst too) in place of
+                                                the built-in one (text_field=F, domain=D)
 Examples:  "125m"   "size=125m,runlocal"   "1b"   "shakespeare_char".
 Any field can be overridden on the command line, e.g.
   --config.train.steps=500 --config.optim.peak_lr=1e-3 --config.mesh.fsdp=-1
@@ -15,7 +17,7 @@ and a mistyped name fails (the config is locked).
 
 import ml_collections
 
-from maxlm.data.config import default_data_config
+from maxlm.data.config import default_data_config, use_files
 
 # name: (vocab V, d_model D, layers L, heads N, kv heads K, head_dim H, mlp F, rope theta, tied)
 # Shapes of real models: 125m/350m are GPT-3 small/medium widths with SwiGLU
@@ -144,6 +146,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.train.global_batch = 16 if local else 256  # rows per optimizer step, all hosts
   c.data.schedule = (dict(start=int(0.8 * c.train.steps), unit="step", transition="switch",
                           weights=dict(shakespeare=0.7, stdlib=0.15, pydocs=0.15)),)
+  if "jsonl" in opts:  # your own corpus in place of the built-in one (and its schedule)
+    use_files(c.data, opts["jsonl"], text_field=opts.get("text_field", "text"),
+              domain=opts.get("domain", "web"))
   c.train.microbatches = 1  # gradient accumulation: global_batch split into this many
   c.train.seed = 0
   c.train.log_every = 10  # steps between metric lines

@@ -48,3 +48,29 @@ def test_a_missing_sibling_names_the_path(tmp_path):
   stage.write_text(open(os.path.join(ROOT, "configs", "anneal.py")).read())
   with pytest.raises(FileNotFoundError, match=str(tmp_path / "pretrain.py")):
     config_files.load(str(stage)).get_config("tiny")
+
+
+def test_jsonl_option_puts_your_files_in_place_of_the_built_in_corpus(tmp_path):
+  """`jsonl=GLOB;GLOB` (README "Your own corpus"): one JSONL source with those globs, in the data
+  config and the pretrain config alike, and no schedule naming the built-in sources."""
+  from maxlm.data import config as config_lib
+  from maxlm.data import sources as sources_lib
+  from maxlm.data.readers import ErrorLog
+  for i in range(2):
+    with open(tmp_path / f"part{i}.jsonl", "w") as f:
+      f.write("".join(f'{{"body": "document {i}-{j}"}}\n' for j in range(3)))
+  spec = f"jsonl={tmp_path}/part0.jsonl;{tmp_path}/part1.jsonl,text_field=body,domain=news"
+  root = os.path.join(os.path.dirname(__file__), "..", "configs")
+  mixture = config_files.load(os.path.join(root, "data_mixture.py")).get_config(spec)
+  pretrain = config_files.load(os.path.join(root, "pretrain.py")).get_config("tiny," + spec)
+  for data in (mixture, pretrain.data):
+    (src,) = config_lib.iter_sources(data)
+    assert (src["name"], src["kind"], src["domain"], src["text_field"]) == ("news", "jsonl", "news", "body")
+    assert not data.schedule
+    config_lib.validate(data)
+    texts = [d.text for d in sources_lib.load_documents(src, ErrorLog())]
+    assert sorted(texts) == sorted(f"document {i}-{j}" for i in range(2) for j in range(3))
+  with pytest.raises(ValueError, match="no path glob"):
+    config_files.load(os.path.join(root, "data_mixture.py")).get_config("jsonl=")
+  with pytest.raises(ValueError, match="no path glob"):
+    config_files.load(os.path.join(root, "pretrain.py")).get_config("tiny,jsonl=")

@@ -161,6 +161,24 @@ def source(*, kind: str, domain: str, weight: float = 1.0, paths=(),
       order_desc=order_desc))
 
 
+def use_files(data_config, globs: str, *, kind: str = "jsonl", domain: str = "web",
+              text_field: str = "text") -> ml_collections.ConfigDict:
+  """`data_config` with one file source (named by its domain) in place of the built-in ones.
+
+  `globs`: ';'-separated (a ',' separates config options on the command line), e.g.
+  'data/a/*.jsonl.zst;data/b/*.jsonl'. The built-in mixture's schedule names its sources,
+  so it is dropped too. What `configs/data_mixture.py:jsonl=GLOB` and
+  `configs/pretrain.py:<size>,jsonl=GLOB` use.
+  """
+  paths = tuple(g for g in globs.split(";") if g)
+  if not paths:
+    raise ValueError("jsonl=: no path glob given (e.g. jsonl='data/*.jsonl.zst')")
+  data_config.sources = ml_collections.ConfigDict(
+      {domain: source(kind=kind, domain=domain, paths=paths, text_field=text_field)})
+  data_config.schedule = ()
+  return data_config
+
+
 def iter_sources(data_config) -> list[dict]:
   """Sources as plain dicts with a 'name', in config order.
 
