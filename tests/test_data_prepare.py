@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from maxlm import data
+from maxlm.data import config as config_lib
 from maxlm.data import pipeline
 from maxlm.data import prepare as prepare_lib
 from maxlm.data import prepare_stream
@@ -141,13 +142,38 @@ def test_in_process_progress_shows_bytes_documents_tokens_and_eta(prepared, tmp_
   assert all(of == size for _, of, *_ in lines)  # the total is known from the first line
 
 
-def test_progress_without_files_counts_shards(prepared, tmp_path, capsys):
-  # Built-in sources name no files: no byte total, no ETA, but the counts.
-  m = prepare_lib.prepare(small_config(), prepared[0], str(tmp_path / "s"), docs_per_shard=8,
-                          progress=True)
+def test_progress_of_the_installed_corpora_has_a_byte_total_and_eta(prepared, tmp_path, capsys):
+  # The README's prepare reads the installed corpora, which name no `paths`: their kinds
+  # declare the files they read, so the bar has a byte total and an ETA too.
+  from tqdm import tqdm
+  from maxlm.data import sources as sources_lib
+  c = small_config()
+  files = [f for s in config_lib.iter_sources(c) for f in sources_lib.source_files(s)]
+  assert len(files) > 100 and all(os.path.isfile(f) for f in files)
+  capsys.readouterr()
+  m = prepare_lib.prepare(c, prepared[0], str(tmp_path / "s"), docs_per_shard=8, progress=True)
   n = sum(len(s[k]["shards"]) for s in m["sources"].values() for k in ("train", "heldout"))
-  last = re.findall(r"prepare: .*?(\d+) shards, ([\d,]+) docs", capsys.readouterr().err)[-1]
-  assert last == (str(n), "50")
+  lines = _bar_lines(capsys.readouterr().err)
+  size = tqdm.format_sizeof(sum(os.path.getsize(f) for f in files))
+  read, of, _, eta, shards, n_docs, _ = lines[-1]
+  assert (read, of) == (size, size) and eta != "?", lines[-1]
+  assert (int(shards), n_docs) == (n, "50")
+
+
+def test_source_files_of_the_installed_kinds_are_what_they_read():
+  # Each installed kind's declared files are the files its documents come from.
+  from maxlm.data import sources as sources_lib
+  from maxlm.data.readers import ErrorLog
+  c = data.default_data_config("three_domains")
+  for s in config_lib.iter_sources(c):
+    files = sources_lib.source_files(s)
+    s = dict(s, max_docs=40)
+    docs = sources_lib.load_documents(s, ErrorLog())
+    named = {os.path.basename(d.meta["path"]) for d in docs}
+    if s["kind"] == "python_docs":
+      assert [os.path.basename(f) for f in files] == ["topics.py"]
+    else:
+      assert named <= {os.path.basename(f) for f in files}, s["kind"]
 
 
 def _bad_jsonl_bytes() -> bytes:

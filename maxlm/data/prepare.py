@@ -111,8 +111,9 @@ def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
   if progress:
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     # The total is known up front: the bytes of the sources' files (compressed
-    # ones count the compressed bytes read). Built-in sources have no files
-    # to measure: without any file the bar shows counts and rates, no ETA.
+    # ones count the compressed bytes read; the installed corpora declare their
+    # files). A source whose files are unknown (seqio) adds none: with no file
+    # at all the bar shows counts and rates, no ETA.
     total = input_bytes(data_config)
     bar = tqdm(desc="prepare", total=total or None, unit="B", unit_scale=True,
                bar_format=("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}B/{total_fmt}B read "
@@ -139,14 +140,13 @@ def prepare(data_config, tokenizer_path: str, out_dir: str, workers: int = 1,
 
 
 def input_bytes(data_config) -> int:
-  """Bytes of every file the sources name (0 for built-in sources, which name none)."""
+  """Bytes of every file the sources read (sources.source_files; 0 where unknown)."""
   total = 0
   for src in config_lib.iter_sources(data_config):
-    if src.get("paths"):
-      try:
-        total += sum(os.path.getsize(p) for p, _ in sources_lib.expand_paths(src))
-      except (OSError, FileNotFoundError):
-        pass  # reading the source reports it
+    try:
+      total += sum(os.path.getsize(p) for p in sources_lib.source_files(src))
+    except (OSError, ImportError):
+      pass  # reading the source reports it
   return total
 
 

@@ -63,21 +63,29 @@ def document_batches(src, errors, read_to=None):
     yield from _jsonl_batches(src, errors, read_to)
     return
   keys, texts, path = [], [], None
+  # An installed corpus's documents name their file relative to its root: the
+  # declared file it is (by its trailing path components), for progress.
+  by_tail = {}
+  for f in [] if src.get("paths") else sources_lib.source_files(src):
+    parts = f.split(os.sep)
+    for i in range(len(parts)):
+      by_tail.setdefault(os.sep.join(parts[i:]), f)
   for doc in sources_lib.iter_documents(src, errors):
     keys.append(doc.key.split(":", 1)[1])
     texts.append(doc.text)
-    if doc.meta.get("path") != path:  # progress by whole files on this path
+    doc_path = by_tail.get(doc.meta.get("path"), path) if by_tail else doc.meta.get("path")
+    if doc_path != path:  # progress by whole files on this path
       _file_done(path, read_to)
-      path = doc.meta.get("path")
+      path = doc_path
     if len(texts) >= _BATCH_DOCS:
       yield keys, texts
       keys, texts = [], []
   _file_done(path, read_to)
   if texts:
     yield keys, texts
-  if src.get("paths"):
-    for p, _ in sources_lib.expand_paths(src):  # files without a document count as read too
-      _file_done(p, read_to)
+  # Files without a document (or whose documents name no file) count as read too.
+  for p in sources_lib.source_files(src):
+    _file_done(p, read_to)
 
 
 def _file_done(path, read_to) -> None:
@@ -158,9 +166,7 @@ class Range:
       return self.end - self.start
     if self.path:
       return os.path.getsize(self.path)
-    src = self.src
-    return sum(os.path.getsize(p) for p, _ in sources_lib.expand_paths(src)) if src.get(
-        "paths") else 0
+    return sum(os.path.getsize(p) for p in sources_lib.source_files(self.src))
 
 
 def make_ranges(src: dict, range_bytes: int = RANGE_BYTES) -> list[Range]:

